@@ -1,7 +1,7 @@
 """Model size and compute, measured from the modules themselves (nothing typed in).
 
-Parameters are counted from an abstract `init`; multiply-adds are counted by intercepting every `nn.Conv` call
-of an abstract forward pass (output positions x kernel size x input channels x output channels, per group).
+Parameters are counted from an abstract `init`; multiply-adds are counted by intercepting every `Conv3x3` call
+of an abstract forward pass (output positions x 9 x true input channels x output channels; zero padding not counted).
 The inverse pass costs the same as the forward.
 """
 
@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from irrm_jax.models import VARIANTS, InvertibleRescaler, build_model
+from irrm_jax.subnets import Conv3x3
 
 
 def count_params(model: InvertibleRescaler) -> int:
@@ -26,11 +27,10 @@ def macs_per_hr_pixel(model: InvertibleRescaler, size: int = 64) -> float:
 
     def count(next_fun, args, kwargs, context):
         nonlocal total
-        if isinstance(context.module, nn.Conv) and context.method_name == "__call__":
+        if isinstance(context.module, Conv3x3) and context.method_name == "__call__":
             conv, inputs = context.module, args[0]
-            kh, kw = conv.kernel_size
             positions = int(np.prod(inputs.shape[:-1]))  # stride 1, SAME: one output per input position
-            total += positions * kh * kw * inputs.shape[-1] * conv.features // conv.feature_group_count
+            total += positions * 9 * conv.in_features * conv.features
         return next_fun(*args, **kwargs)
 
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)

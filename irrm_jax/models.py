@@ -100,10 +100,15 @@ class InvertibleRescaler(nn.Module):
       compute_dtype: dtype of the sub-network convolutions (float32; bfloat16 for speed; float64 for exactness
         checks with jax_enable_x64). Parameters are always float32; coupling arithmetic runs in the input's
         float dtype.
+      channel_multiple: speed option: pad sub-network channels to this multiple (see `subnets`).
+      fuse_gh: speed option: evaluate each coupling's G and H together (see `coupling`).
+    The speed options change neither the function nor the parameters.
     """
 
     config: RescalerConfig
     compute_dtype: Any = jnp.float32
+    channel_multiple: int = 1
+    fuse_gh: bool = False
 
     @property
     def scale(self) -> int:
@@ -124,7 +129,7 @@ class InvertibleRescaler(nn.Module):
             channels = cfg.out_channels if cfg.haar_mode == "upfront" else 3 * 4 ** (level + 1)
             for _ in range(cfg.rdms_per_level):
                 for _ in range(blocks // cfg.rdms_per_level):
-                    ops.append(AffineCoupling(channels, subnet, clamp=cfg.clamp))
+                    ops.append(AffineCoupling(channels, subnet, clamp=cfg.clamp, fuse_gh=self.fuse_gh))
                 if cfg.long_skip == "explicit":
                     ops.append(AdditiveCoupling(channels, subnet))
         self.operations = ops  # Flax names them operations_0, operations_1, ... like the official code.
@@ -209,16 +214,29 @@ def model_config(name: str, scale: int, **overrides: Any) -> RescalerConfig:
     return RescalerConfig(**fields)
 
 
-def build_model(name: str, scale: int, compute_dtype: Any = jnp.float32, **overrides: Any) -> InvertibleRescaler:
+def build_model(
+    name: str,
+    scale: int,
+    compute_dtype: Any = jnp.float32,
+    channel_multiple: int = 1,
+    fuse_gh: bool = False,
+    **overrides: Any,
+) -> InvertibleRescaler:
     """Builds a variant by name ('irn', 'irrm_s', 'irrm_m', 'irrm_l') and scale (2, 4; IRN also 8).
 
     Args:
       name: the variant.
       scale: the rescaling factor.
       compute_dtype: sub-network compute dtype (jnp.float32, jnp.bfloat16, jnp.float64).
+      channel_multiple, fuse_gh: speed options (see `InvertibleRescaler`); same function, same parameters.
       **overrides: `RescalerConfig` fields to change, e.g. ``blocks_per_level=(2, 2)`` for a tiny test model.
     """
-    return InvertibleRescaler(model_config(name, scale, **overrides), compute_dtype=compute_dtype)
+    return InvertibleRescaler(
+        model_config(name, scale, **overrides),
+        compute_dtype=compute_dtype,
+        channel_multiple=channel_multiple,
+        fuse_gh=fuse_gh,
+    )
 
 
 def main() -> None:

@@ -2,8 +2,13 @@
 
 A sub-network maps (N, h, w, c_in) to (N, h, w, features). It is never inverted, so it may be any network; its
 last convolution starts at zero so that every coupling block starts as the identity. Parameters are float32;
-``dtype`` sets the compute dtype of the convolutions (e.g. bfloat16, or float64 for exactness checks); the output
-comes back in that dtype and the coupling casts it to its own (float32 or float64) arithmetic.
+``dtype`` sets the compute dtype of the convolutions (e.g. bfloat16, or float64 for exactness checks); the
+output comes back in that dtype and the coupling casts it to its own (float32 or float64) arithmetic.
+
+Speed option ``channel_multiple``: odd channel counts (3, 35, 67, 99, 131, 45, ...) keep GPU tensor cores idle,
+so convolutions can pad their input and output channels with zeros to a multiple (e.g. 8). The stored
+parameters keep their true shapes (so counts and checkpoints are unchanged); zero rows and columns are inserted
+at apply time, which gives exactly the same function.
 """
 
 from typing import Any
@@ -17,18 +22,51 @@ import jax.numpy as jnp
 xavier_normal_x01 = nn.initializers.variance_scaling(0.01, "fan_avg", "normal")
 
 
-def conv3x3(features: int, name: str, dtype: Any, zero: bool = False) -> nn.Conv:
-    """A 3x3, stride-1, SAME-padded convolution with bias (PyTorch's padding=1)."""
-    return nn.Conv(
-        features,
-        (3, 3),
-        padding="SAME",
-        dtype=dtype,
-        param_dtype=jnp.float32,
-        kernel_init=nn.initializers.zeros if zero else xavier_normal_x01,
-        bias_init=nn.initializers.zeros,
-        name=name,
-    )
+def round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
+
+
+class Conv3x3(nn.Module):
+    """A 3x3, stride-1, SAME-padded convolution with bias (PyTorch's padding=1), parameters as `nn.Conv`'s.
+
+    Attributes:
+      features: output channels.
+      in_features: true input channels (the kernel's shape); the input may carry extra zero channels, given
+        by `zero_channels` as (position, count) of the padding in the input.
+      dtype: compute dtype.
+      zero_init: start with a zero kernel (the last conv of every sub-network).
+      channel_multiple: pad the output channels to this multiple with zero kernel columns, then slice them off.
+    """
+
+    features: int
+    in_features: int
+    dtype: Any = jnp.float32
+    zero_init: bool = False
+    zero_channels: tuple[int, int] = (0, 0)
+    channel_multiple: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        init = nn.initializers.zeros if self.zero_init else xavier_normal_x01
+        kernel = self.param("kernel", init, (3, 3, self.in_features, self.features), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        position, count = self.zero_channels
+        if count:
+            zeros = jnp.zeros((3, 3, count, self.features), kernel.dtype)
+            kernel = jnp.concatenate([kernel[:, :, :position], zeros, kernel[:, :, position:]], axis=2)
+        out_padded = round_up(self.features, self.channel_multiple)
+        if out_padded != self.features:
+            kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 0), (0, out_padded - self.features)))
+        if x.shape[-1] != kernel.shape[2]:
+            raise ValueError(f"Conv3x3 expected {kernel.shape[2]} input channels, got {x.shape[-1]}.")
+        y = jax.lax.conv_general_dilated(
+            x.astype(self.dtype),
+            kernel.astype(self.dtype),
+            window_strides=(1, 1),
+            padding="SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y[..., : self.features] + bias.astype(self.dtype)
 
 
 class DenseBlock(nn.Module):
@@ -41,21 +79,36 @@ class DenseBlock(nn.Module):
       features: output channels.
       growth: channels added by each of conv1..conv4 (IRN: 32).
       dtype: compute dtype of the convolutions.
+      channel_multiple: pad the input (and hence every concatenation) and the output to this channel multiple.
     """
 
     features: int
     growth: int = 32
     dtype: Any = jnp.float32
+    channel_multiple: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        c_in = x.shape[-1]
+        pad = round_up(c_in, self.channel_multiple) - c_in
         x = x.astype(self.dtype)
+        if pad:
+            x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, pad)))
         feats = [x]
-        for i in range(1, 5):
-            h = conv3x3(self.growth, f"conv{i}", self.dtype)(jnp.concatenate(feats, axis=-1))
-            feats.append(nn.leaky_relu(h, 0.2))
-        out = conv3x3(self.features, "conv5", self.dtype, zero=True)(jnp.concatenate(feats, axis=-1))
-        return out
+        for i in range(1, 6):
+            conv = Conv3x3(
+                self.features if i == 5 else self.growth,
+                c_in + (i - 1) * self.growth,
+                self.dtype,
+                zero_init=i == 5,
+                zero_channels=(c_in, pad),
+                channel_multiple=self.channel_multiple if i == 5 else 1,
+                name=f"conv{i}",
+            )
+            h = conv(jnp.concatenate(feats, axis=-1))
+            if i < 5:
+                feats.append(nn.leaky_relu(h, 0.2))
+        return h
 
 
 class EnhancedBlock(nn.Module):
@@ -68,18 +121,32 @@ class EnhancedBlock(nn.Module):
       width: hidden channels (``nf``).
       n_res: number of residual units (each two 3x3 convs and a short skip).
       dtype: compute dtype of the convolutions.
+      channel_multiple: pad the input and the output to this channel multiple.
     """
 
     features: int
     width: int = 32
     n_res: int = 1
     dtype: Any = jnp.float32
+    channel_multiple: int = 1
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = conv3x3(self.width, "conv_in", self.dtype)(x.astype(self.dtype))
+        c_in = x.shape[-1]
+        pad = round_up(c_in, self.channel_multiple) - c_in
+        x = x.astype(self.dtype)
+        if pad:
+            x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, pad)))
+        h = Conv3x3(self.width, c_in, self.dtype, zero_channels=(c_in, pad), name="conv_in")(x)
         for i in range(self.n_res):
-            r = nn.leaky_relu(conv3x3(self.width, f"res{i}_conv_a", self.dtype)(h), 0.2)
-            h = h + conv3x3(self.width, f"res{i}_conv_b", self.dtype)(r)
-        out = conv3x3(self.features, "conv_out", self.dtype, zero=True)(nn.leaky_relu(h, 0.2))
-        return out
+            r = nn.leaky_relu(Conv3x3(self.width, self.width, self.dtype, name=f"res{i}_conv_a")(h), 0.2)
+            h = h + Conv3x3(self.width, self.width, self.dtype, name=f"res{i}_conv_b")(r)
+        out = Conv3x3(
+            self.features,
+            self.width,
+            self.dtype,
+            zero_init=True,
+            channel_multiple=self.channel_multiple,
+            name="conv_out",
+        )
+        return out(nn.leaky_relu(h, 0.2))
