@@ -435,11 +435,11 @@ def prepare(
         FileNotFoundError: the folder of a split does not exist (named).
     """
     if isinstance(config, str):
-        by_name = {c.name: c for c in STANDARD_CONFIGS}
-        key = config.lower()
-        if key not in by_name:
+        if config.lower() not in config_names():
             raise ValueError(f"Unknown dataset {config!r}; expected one of {config_names()}.")
-        config = by_name[key]
+        # By name, not by object: the builder is pickled into grain workers with its arguments,
+        # and tfds refuses an unpickled copy of one of its own BUILDER_CONFIGS.
+        config = config.lower()
     builder = HrImageFolder(config=config, data_dir=None if data_dir is None else os.fspath(data_dir))
     if not builder.is_prepared():
         download_config = tfds.download.DownloadConfig(manual_dir=None if root is None else os.fspath(root))

@@ -98,6 +98,7 @@ def test_standard_layout_configs(tmp_path, data_dir):
     assert source.description == "hr_image_folder/set5:test"
     assert [source[i]["name"] for i in range(2)] == ["baby", "bird"]
     np.testing.assert_array_equal(source[1]["image"], set5["bird"])
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(source))[1]["image"], set5["bird"])
     assert len(datasets.local_source("t91", "train", root=root, data_dir=data_dir)) == 1
     with pytest.raises(FileNotFoundError, match="Set14"):
         datasets.local_source("set14", root=root, data_dir=data_dir)

@@ -232,7 +232,8 @@ def _write_folder(folder: Path, count: int) -> None:
 
 def _run_script(*args):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    path = [str(REPO), *filter(None, [env.get("PYTHONPATH")])]
+    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(path))
     return subprocess.Popen(
         [sys.executable, __file__, *map(str, args)],
         cwd=REPO,
