@@ -1,0 +1,182 @@
+"""Training-step and round-trip speed of every model, with each speed option on and off.
+
+    python -m benchmarks.speed --models irn_x4,irrm_l_x4 --variants plain,bf16,pad8+fuse --batch 16 --patch 144
+
+One training step is the real objective (`irrm_jax.losses.rescaling_loss`: forward, LR fit to bicubic,
+straight-through quantisation, inverse with a fresh z, Charbonnier, z^2) with its gradient and the IRN
+optimiser (`irrm_jax.optimizer.create_optimizer`: clip 10, coupled L2, Adam), jitted with buffer donation, data
+parallel over the first `--devices` devices (batch per device x devices). The round trip is jitted downscale
+(forward + 8-bit quantisation) then upscale (inverse with z ~ N(0, I)) of one `--roundtrip` image.
+
+Variants (joined with '+'): plain (float32, TF32 convs on NVIDIA as cuDNN's default), bf16 (bfloat16
+sub-networks), pad8 (sub-network channels padded to multiples of 8), fuse (G and H evaluated together).
+'plain' is the project's first version; every option is off in it. Prints a Markdown table and writes JSON.
+Timings: median over `--repeats` runs of `--steps` steps each, after a warm-up; compile time is the first call.
+"""
+
+import argparse
+import functools
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from irrm_jax.losses import LossConfig, quantize_ste, rescaling_loss
+from irrm_jax.models import build_model
+from irrm_jax.optimizer import create_optimizer
+from irrm_jax.verify import random_nonzero_params
+
+VARIANT_OPTIONS = {
+    "plain": {},
+    "bf16": {"compute_dtype": jnp.bfloat16},
+    "pad8": {"channel_multiple": 8},
+    "fuse": {"fuse_gh": True},
+}
+
+
+def model_for(spec: str, variant: str):
+    name, scale = spec.rsplit("_x", 1)
+    options = {}
+    for part in variant.split("+"):
+        options.update(VARIANT_OPTIONS[part])
+    return build_model(name, int(scale), **options)
+
+
+def timed(fn, repeats: int, steps: int) -> float:
+    """Median seconds per call of fn() over repeats runs of steps calls (blocking once per run)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for _ in range(steps):
+            out = fn()
+        jax.block_until_ready(out)
+        times.append((time.perf_counter() - start) / steps)
+    return statistics.median(times)
+
+
+def peak_memory_gb() -> float | None:
+    stats = jax.devices()[0].memory_stats() or {}
+    return stats.get("peak_bytes_in_use", 0) / 2**30 if stats else None
+
+
+def bench_train(spec: str, variant: str, batch: int, patch: int, devices: int, repeats: int, steps: int) -> dict:
+    model = model_for(spec, variant)
+    mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
+    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+    global_batch = batch * devices
+    rng = np.random.default_rng(0)
+    hr = jax.device_put(rng.uniform(size=(global_batch, patch, patch, 3)).astype(np.float32), sharded)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), hr[:1])["params"]
+    params = jax.device_put(random_nonzero_params(shapes, 0, gain=0.1), replicated)
+    optimizer = create_optimizer()
+    opt_state = jax.device_put(optimizer.init(params), replicated)
+    loss_config = LossConfig(lambda_fit=float(model.scale**2))
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=(replicated, replicated, replicated))
+    def step(params, opt_state, hr, key):
+        grad_fn = jax.value_and_grad(rescaling_loss, argnums=1, has_aux=True)
+        (_, terms), grads = grad_fn(model, params, hr, key, loss_config)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, terms["loss"]
+
+    key = jax.random.key(1)
+    start = time.perf_counter()
+    params, opt_state, loss = step(params, opt_state, hr, key)
+    jax.block_until_ready(loss)
+    compile_s = time.perf_counter() - start
+    state = [params, opt_state]
+
+    def one():
+        state[0], state[1], loss = step(state[0], state[1], hr, key)
+        return loss
+
+    for _ in range(3):
+        one()
+    seconds = timed(one, repeats, steps)
+    return {
+        "model": spec,
+        "variant": variant,
+        "devices": devices,
+        "batch_per_device": batch,
+        "patch": patch,
+        "step_ms": 1e3 * seconds,
+        "patches_per_s": global_batch / seconds,
+        "compile_s": compile_s,
+        "final_loss": float(loss),
+        "peak_gb": peak_memory_gb(),
+    }
+
+
+def bench_roundtrip(spec: str, variant: str, height: int, width: int, repeats: int, steps: int) -> dict:
+    model = model_for(spec, variant)
+    x = jnp.asarray(np.random.default_rng(0).uniform(size=(1, height, width, 3)), jnp.float32)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), x[:, :8, :8])["params"]
+    variables = {"params": random_nonzero_params(shapes, 0, gain=0.1)}
+
+    @jax.jit
+    def downscale(variables, x):
+        return quantize_ste(model.apply(variables, x)[0])
+
+    @jax.jit
+    def upscale(variables, lr, key):
+        z = jax.random.normal(key, lr.shape[:-1] + (model.config.out_channels - 3,))
+        return model.apply(variables, lr, z, method=model.inverse)
+
+    key = jax.random.key(0)
+    start = time.perf_counter()
+    jax.block_until_ready(upscale(variables, downscale(variables, x), key))
+    compile_s = time.perf_counter() - start
+    seconds = timed(lambda: upscale(variables, downscale(variables, x), key), repeats, steps)
+    return {"model": spec, "variant": variant, "roundtrip_ms": 1e3 * seconds, "compile_s": compile_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    parser.add_argument("--models", default="irn_x4")
+    parser.add_argument("--variants", default="plain,bf16,pad8+fuse,bf16+pad8+fuse")
+    parser.add_argument("--batch", type=int, default=16, help="patches per device")
+    parser.add_argument("--patch", type=int, default=144)
+    parser.add_argument("--devices", default="1", help="comma-separated device counts for the train step")
+    parser.add_argument("--roundtrip", default="1356x2040", help="HxW of the round-trip image ('' to skip)")
+    parser.add_argument("--no-train", action="store_true", help="time only the round trip")
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--label", default="", help="appended to the variant name (e.g. the XLA_FLAGS in use)")
+    parser.add_argument("--json", help="write the results here")
+    args = parser.parse_args()
+    print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}", flush=True)
+    results = []
+    for spec in args.models.split(","):
+        for variant in args.variants.split(","):
+            for devices in (int(d) for d in args.devices.split(",")):
+                r = {"model": spec, "devices": devices}
+                if not args.no_train:
+                    r = bench_train(spec, variant, args.batch, args.patch, devices, args.repeats, args.steps)
+                r["variant"] = variant + (f" ({args.label})" if args.label else "")
+                if args.roundtrip and devices == 1:
+                    h, w = (int(v) for v in args.roundtrip.split("x"))
+                    r["roundtrip_ms"] = bench_roundtrip(spec, variant, h, w, args.repeats, args.steps)["roundtrip_ms"]
+                results.append(r)
+                print(json.dumps(r), flush=True)
+    print("\n| model | variant | devices | batch/device | step ms | patches/s | compile s | peak GB | round trip ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in results:
+        cell = lambda key, fmt, r=r: format(r[key], fmt) if r.get(key) is not None else "-"  # noqa: E731
+        print(
+            f"| {r['model']} | {r['variant']} | {r['devices']} | {cell('batch_per_device', 'd')} | "
+            f"{cell('step_ms', '.1f')} | {cell('patches_per_s', '.0f')} | {cell('compile_s', '.1f')} | "
+            f"{cell('peak_gb', '.1f')} | {cell('roundtrip_ms', '.1f')} |"
+        )
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "results": results}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
