@@ -5,7 +5,7 @@ An IRRM-S x2 with one coupling block of width 8, 16x16 patches, batch 4, two ste
 
     JAX_PLATFORMS=cpu python train.py --config configs/test.py --workdir /tmp/irrm_test
 
-Expected time: about 10 s on 2 CPU cores, mostly compilation (measured with the test suite).
+Expected time: 10-20 s on 2 busy CPU cores, mostly start-up and compilation (measured).
 Expected PSNR: meaningless (two steps).
 """
 
