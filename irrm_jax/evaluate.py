@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import csv
+import itertools
 import json
+import logging
 import math
 import os
 import re
@@ -241,10 +243,8 @@ def _evaluate_set(
             (set_dir / f"recon_{_temperature_label(t)}").mkdir(parents=True, exist_ok=True)
     acc = MeanAccumulator()
     rows, examples = [], []
-    images = iterate_eval_images(source, scale=scale)
-    for n, item in enumerate(tqdm(images, total=count, desc=name, unit="image", disable=not progress)):
-        if n >= count:
-            break
+    images = itertools.islice(iterate_eval_images(source, scale=scale), count)
+    for item in tqdm(images, total=count, desc=name, unit="image", disable=not progress):
         hr, gray = item.image, item.channels_in_source == 1
         lr_bic, sr_bic = bicubic_roundtrip(hr, scale)
         lr = rescaler.downscale(hr)
@@ -260,7 +260,7 @@ def _evaluate_set(
         row.update({f"bicubic_{k}": bic[k] for k in ("psnr_y", "ssim_y")})
         row.update({f"lr_{k}": lrm[k] for k in ("psnr_y", "ssim_y")})
         acc.add({f"bicubic/{k}": v for k, v in bic.items()} | {f"lr/{k}": v for k, v in lrm.items()})
-        shown = None
+        shown = {}
         for t in temperatures:
             label = _temperature_label(t)
             per_draw = []
@@ -271,7 +271,7 @@ def _evaluate_set(
                 if d == 0:
                     if save_images:
                         Image.fromarray(rec).save(set_dir / f"recon_{label}" / f"{_safe(item.name)}.png")
-                    shown = rec
+                    shown[label] = rec
             for k in ("psnr_y", "ssim_y", "psnr_rgb"):
                 values = np.array([m[k] for m in per_draw])
                 row[f"{label}_{k}_mean"] = float(values.mean())
@@ -363,8 +363,12 @@ def _crop_box(hr: np.ndarray, size: int, scale: int) -> tuple[int, int, int]:
 
 
 def _comparison_figure(examples: list[dict[str, Any]], name: str, scale: int, path: Path) -> None:
-    columns = ["HR", f"LR (8-bit, x{scale} nearest)", "bicubic down+up", "ours (first draw)"]
-    fig = Figure(figsize=(3.0 * len(columns), 3.2 * len(examples)), dpi=100)
+    """Rows of crops: HR, the 8-bit LR (nearest-neighbour enlarged), bicubic, ours at each temperature (draw 0)."""
+    labels = list(examples[0]["recon"])
+    columns = ["HR", f"our 8-bit LR (x{scale} nearest)", "bicubic down + up"] + [
+        f"ours, z at T={t[1:]}" for t in labels
+    ]
+    fig = Figure(figsize=(2.6 * len(columns), 2.9 * len(examples) + 0.6), dpi=100)
     FigureCanvasAgg(fig)
     axes = fig.subplots(len(examples), len(columns), squeeze=False)
     for r, ex in enumerate(examples):
@@ -372,23 +376,24 @@ def _comparison_figure(examples: list[dict[str, Any]], name: str, scale: int, pa
         window = (slice(top, top + side), slice(left, left + side))
         lr_window = (slice(top // scale, (top + side) // scale), slice(left // scale, (left + side) // scale))
         lr_up = np.repeat(np.repeat(ex["lr"][lr_window], scale, axis=0), scale, axis=1)
-        last_t = [k for k in ex if k.endswith("_psnr_y_mean")][-1]
         panels = [
-            (ex["hr"][window], ex["name"]),
-            (lr_up, f"LR vs bicubic LR {ex['lr_psnr_y']:.2f} dB"),
+            (ex["hr"][window], f"{ex['height']}x{ex['width']}"),
+            (lr_up, f"vs bicubic LR: {ex['lr_psnr_y']:.2f} dB"),
             (ex["bicubic"][window], f"{ex['bicubic_psnr_y']:.2f} dB"),
-            (ex["recon"][window], f"{last_t.split('_')[0]}: {ex[last_t]:.2f} dB"),
         ]
-        for c, (img, title) in enumerate(panels):
+        panels += [(ex["recon"][t][window], f"{ex[f'{t}_psnr_y_mean']:.2f} dB") for t in labels]
+        for c, (img, caption) in enumerate(panels):
             ax = axes[r, c]
-            ax.imshow(img, interpolation="nearest")
+            ax.imshow(img, interpolation="nearest", cmap="gray" if img.ndim == 2 else None)
             ax.set_xticks([])
             ax.set_yticks([])
-            ax.set_title(title, fontsize=9)
+            ax.set_xlabel(caption, fontsize=8)
             if r == 0:
-                ax.set_xlabel(columns[c], fontsize=9)
-                ax.xaxis.set_label_position("top")
-    fig.suptitle(f"{name}: {side}x{side} HR crops (PSNR-Y of the whole image)", fontsize=11)
+                ax.set_title(columns[c], fontsize=9)
+        axes[r, 0].set_ylabel(ex["name"], fontsize=9)
+    fig.suptitle(
+        f"{name}: HR crops (at most {_FIGURE_CROP} px); PSNR-Y of the whole image, mean over draws", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path)
 
@@ -447,6 +452,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Command-line entry point: evaluates, prints the Markdown table and where the results are."""
     args = build_parser().parse_args(argv)
+    logging.getLogger("absl").setLevel(logging.ERROR)  # orbax/tfds notices about read-only restores etc.
     try:
         model, params, name, scale = load_model_and_params(args.checkpoint, args.model, args.scale)
         sets = [open_dataset(s, data_root=args.data_root, data_dir=args.tfds_data_dir) for s in args.datasets]
