@@ -2,11 +2,12 @@
 
     python -m benchmarks.speed --models irn_x4,irrm_l_x4 --variants plain,bf16,pad8+fuse --batch 16 --patch 144
 
-One training step is the real objective (`irrm_jax.losses.rescaling_loss`: forward, LR fit to bicubic,
-straight-through quantisation, inverse with a fresh z, Charbonnier, z^2) with its gradient and the IRN
-optimiser (`irrm_jax.optimizer.create_optimizer`: clip 10, coupled L2, Adam), jitted with buffer donation, data
-parallel over the first `--devices` devices (batch per device x devices). The round trip is jitted downscale
-(forward + 8-bit quantisation) then upscale (inverse with z ~ N(0, I)) of one `--roundtrip` image.
+One training step is the training loop's own step (`irrm_jax.train.make_train_step`: forward, LR fit to
+bicubic, straight-through quantisation, inverse with a fresh z, Charbonnier, z^2, gradient, clip 10, coupled
+L2, Adam, norms for the logs), jitted with buffer donation, data parallel over the first `--devices` devices
+(batch per device x devices), on a fixed batch already on the devices (so the input pipeline is not timed).
+The round trip is jitted downscale (forward + 8-bit quantisation) then upscale (inverse with z ~ N(0, I)) of
+one `--roundtrip` image.
 
 Variants (joined with '+'): plain (float32, TF32 convs on NVIDIA as cuDNN's default), bf16 (bfloat16
 sub-networks), pad8 (sub-network channels padded to multiples of 8), fuse (G and H evaluated together).
@@ -15,7 +16,6 @@ Timings: median over `--repeats` runs of `--steps` steps each, after a warm-up; 
 """
 
 import argparse
-import functools
 import json
 import statistics
 import time
@@ -23,13 +23,14 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
+from jax.sharding import Mesh
 
-from irrm_jax.losses import LossConfig, quantize_ste, rescaling_loss
+from irrm_jax.losses import LossConfig, quantize_ste
 from irrm_jax.models import build_model
-from irrm_jax.optimizer import create_optimizer
+from irrm_jax.optimizer import create_optimizer, learning_rate_schedule
+from irrm_jax.parallel import batch_sharded, replicated
+from irrm_jax.train import make_train_step
+from irrm_jax.train_state import create_train_state
 from irrm_jax.verify import random_nonzero_params
 
 VARIANT_OPTIONS = {
@@ -68,33 +69,25 @@ def peak_memory_gb() -> float | None:
 def bench_train(spec: str, variant: str, batch: int, patch: int, devices: int, repeats: int, steps: int) -> dict:
     model = model_for(spec, variant)
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
-    replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-    global_batch = batch * devices
-    rng = np.random.default_rng(0)
-    hr = jax.device_put(rng.uniform(size=(global_batch, patch, patch, 3)).astype(np.float32), sharded)
-    shapes = jax.eval_shape(model.init, jax.random.key(0), hr[:1])["params"]
-    params = jax.device_put(random_nonzero_params(shapes, 0, gain=0.1), replicated)
     optimizer = create_optimizer()
-    opt_state = jax.device_put(optimizer.init(params), replicated)
-    loss_config = LossConfig(lambda_fit=float(model.scale**2))
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=(replicated, replicated, replicated))
-    def step(params, opt_state, hr, key):
-        grad_fn = jax.value_and_grad(rescaling_loss, argnums=1, has_aux=True)
-        (_, terms), grads = grad_fn(model, params, hr, key, loss_config)
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, terms["loss"]
-
-    key = jax.random.key(1)
+    state = create_train_state(model, optimizer, 0, replicated(mesh))
+    random_params = random_nonzero_params(state.params, 0, gain=0.1)  # zero last convs would flatter the timing
+    state = state.replace(params=jax.device_put(random_params, replicated(mesh)))
+    step = make_train_step(
+        model, optimizer, learning_rate_schedule(2e-4, (100_000,), 0.5), LossConfig(float(model.scale**2)), mesh
+    )
+    global_batch = batch * devices
+    hr = np.random.default_rng(0).uniform(size=(global_batch, patch, patch, 3)).astype(np.float32)
+    hr = jax.device_put(hr, batch_sharded(mesh))
     start = time.perf_counter()
-    params, opt_state, loss = step(params, opt_state, hr, key)
-    jax.block_until_ready(loss)
+    state, metrics = step(state, hr)
+    jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - start
-    state = [params, opt_state]
+    holder = [state]
 
     def one():
-        state[0], state[1], loss = step(state[0], state[1], hr, key)
-        return loss
+        holder[0], metrics = step(holder[0], hr)
+        return metrics["loss"]
 
     for _ in range(3):
         one()
@@ -108,7 +101,7 @@ def bench_train(spec: str, variant: str, batch: int, patch: int, devices: int, r
         "step_ms": 1e3 * seconds,
         "patches_per_s": global_batch / seconds,
         "compile_s": compile_s,
-        "final_loss": float(loss),
+        "final_loss": float(one()),
         "peak_gb": peak_memory_gb(),
     }
 
