@@ -26,6 +26,16 @@ def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
+def pad_channels(x: jax.Array, multiple: int, dtype: Any) -> tuple[jax.Array, tuple[int, int]]:
+    """x cast to dtype with zero channels appended up to a multiple; also (position, count) of the zeros."""
+    c_in = x.shape[-1]
+    pad = round_up(c_in, multiple) - c_in
+    x = x.astype(dtype)
+    if pad:
+        x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, pad)))
+    return x, (c_in, pad)
+
+
 class Conv3x3(nn.Module):
     """A 3x3, stride-1, SAME-padded convolution with bias (PyTorch's padding=1), parameters as `nn.Conv`'s.
 
@@ -90,10 +100,7 @@ class DenseBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c_in = x.shape[-1]
-        pad = round_up(c_in, self.channel_multiple) - c_in
-        x = x.astype(self.dtype)
-        if pad:
-            x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, pad)))
+        x, zero_channels = pad_channels(x, self.channel_multiple, self.dtype)
         feats = [x]
         for i in range(1, 6):
             conv = Conv3x3(
@@ -101,7 +108,7 @@ class DenseBlock(nn.Module):
                 c_in + (i - 1) * self.growth,
                 self.dtype,
                 zero_init=i == 5,
-                zero_channels=(c_in, pad),
+                zero_channels=zero_channels,
                 channel_multiple=self.channel_multiple if i == 5 else 1,
                 name=f"conv{i}",
             )
@@ -133,11 +140,8 @@ class EnhancedBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c_in = x.shape[-1]
-        pad = round_up(c_in, self.channel_multiple) - c_in
-        x = x.astype(self.dtype)
-        if pad:
-            x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, pad)))
-        h = Conv3x3(self.width, c_in, self.dtype, zero_channels=(c_in, pad), name="conv_in")(x)
+        x, zero_channels = pad_channels(x, self.channel_multiple, self.dtype)
+        h = Conv3x3(self.width, c_in, self.dtype, zero_channels=zero_channels, name="conv_in")(x)
         for i in range(self.n_res):
             r = nn.leaky_relu(Conv3x3(self.width, self.width, self.dtype, name=f"res{i}_conv_a")(h), 0.2)
             h = h + Conv3x3(self.width, self.width, self.dtype, name=f"res{i}_conv_b")(r)

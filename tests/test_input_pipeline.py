@@ -5,9 +5,7 @@ The multi-process and resume tests run this file as a script in subprocesses (se
 
 import json
 import logging
-import os
 import socket
-import subprocess
 import sys
 from pathlib import Path
 
@@ -19,8 +17,7 @@ import pytest
 from PIL import Image
 
 from irrm_jax import datasets, input_pipeline
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.subprocesses import start_python, wait_ok
 
 
 def _coded_image(index: int, h: int, w: int) -> np.ndarray:
@@ -231,27 +228,7 @@ def _write_folder(folder: Path, count: int) -> None:
 
 
 def _run_script(*args):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    path = [str(REPO), *filter(None, [env.get("PYTHONPATH")])]
-    env.update(JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(path))
-    return subprocess.Popen(
-        [sys.executable, __file__, *map(str, args)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-
-
-def _wait(process, timeout=90):
-    try:
-        output, _ = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        output, _ = process.communicate()
-        pytest.fail(f"subprocess timed out:\n{output[-3000:]}")
-    assert process.returncode == 0, output[-3000:]
+    return start_python(__file__, *args)
 
 
 @pytest.mark.timeout(150)
@@ -264,7 +241,7 @@ def test_two_processes_read_disjoint_shards_that_cover_the_data(tmp_path):
         port = s.getsockname()[1]
     processes = [_run_script("shard", port, pid, folder, data_dir, tmp_path / f"shard{pid}.json") for pid in range(2)]
     for process in processes:
-        _wait(process)
+        wait_ok(process, timeout=90)
     reports = [json.loads((tmp_path / f"shard{pid}.json").read_text()) for pid in range(2)]
     shards = [set(r["indices"]) for r in reports]
     assert shards[0].isdisjoint(shards[1])
@@ -287,7 +264,7 @@ def test_restored_iterator_continues_with_the_same_batches(tmp_path):
         manager.save(3, args=ocp.args.Composite(data=grain.checkpoint.CheckpointSave(iterator)))
         manager.wait_until_finished()
     expected = _take(iterator, 4)
-    _wait(_run_script("resume", folder, data_dir, ckpt, tmp_path / "resumed.npz"))
+    wait_ok(_run_script("resume", folder, data_dir, ckpt, tmp_path / "resumed.npz"), timeout=90)
     resumed = np.load(tmp_path / "resumed.npz")
     got = [{"hr": resumed[f"hr{i}"], "index": resumed[f"index{i}"]} for i in range(4)]
     _assert_same_batches(expected, got)

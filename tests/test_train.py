@@ -6,9 +6,7 @@ Every step is blocked on and every subprocess has a timeout (STACK.md: XLA CPU a
 """
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import jax
@@ -20,37 +18,18 @@ from configs import test as test_config
 from irrm_jax.checkpointing import restore_model
 from irrm_jax.train_state import init_train_state, model_from_config, optimizer_from_config
 from irrm_jax.verify import random_nonzero_params
+from tests.subprocesses import start_python, wait_ok
 
 WORKER = Path(__file__).resolve().parent / "train_worker.py"
 TIMEOUT_S = 240
 
 
-def worker_env(devices: int) -> dict[str, str]:
-    env = dict(os.environ)
-    env["JAX_PLATFORMS"] = "cpu"
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
-    return env
-
-
 def launch(args: list[str], devices: int) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(WORKER), *args],
-        env=worker_env(devices),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    return start_python(WORKER, *args, devices=devices)
 
 
 def finish(proc: subprocess.Popen) -> str:
-    try:
-        out, _ = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, _ = proc.communicate()
-        pytest.fail(f"worker timed out after {TIMEOUT_S} s:\n{out[-3000:]}")
-    assert proc.returncode == 0, f"worker failed ({proc.returncode}):\n{out[-3000:]}"
-    return out
+    return wait_ok(proc, TIMEOUT_S)
 
 
 def load(path: Path) -> dict[str, np.ndarray]:
