@@ -45,7 +45,7 @@ def get_config(train_images: str = "") -> ml_collections.ConfigDict:
 def set_steps(config: ml_collections.ConfigDict, steps: int) -> ml_collections.ConfigDict:
     """Sets the number of steps and scales the schedule (milestones at 60% and 85%) and checkpointing with it."""
     config.train.num_steps = steps
-    config.optim.milestones = (max(1, int(0.6 * steps)), max(1, int(0.85 * steps)))
+    config.optim.milestones = tuple(sorted({max(1, int(0.6 * steps)), max(1, int(0.85 * steps))}))  # distinct
     config.train.eval_every = steps
     config.train.checkpoint_every = steps
     config.train.log_every = min(config.train.log_every, steps)
