@@ -71,19 +71,6 @@ def _load_images(folder: Path, scale: int, max_size: int) -> list[np.ndarray]:
     return out
 
 
-def load_checkpoint(path: Path) -> tuple[str, RescalerConfig, Any]:
-    """Variant name, architecture and parameters of a training checkpoint or an official IRN .pth/.npz."""
-    if path.suffix in (".pth", ".npz"):
-        from irrm_jax.convert import load_official_irn
-
-        params = load_official_irn(path)
-        return "irn", model_config("irn", 2 ** (len(params) // 8)), params  # official IRN: 8 couplings per level
-    from irrm_jax.checkpointing import restore_model
-
-    model, params, train_config = restore_model(path)
-    return train_config.model.name, model.config, params
-
-
 def verify(
     config: RescalerConfig,
     params: Any | None = None,
@@ -150,10 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     if args.checkpoint:
-        name, config, params = load_checkpoint(args.checkpoint)
-        if (args.model and args.model != name) or (args.scale and args.scale != config.scale):
-            parser.error(f"the checkpoint holds {name} x{config.scale}; drop --model/--scale or make them match")
-        weights = f"checkpoint {args.checkpoint}"
+        from irrm_jax.inference import load_model_and_params
+
+        try:
+            model, params, name, _ = load_model_and_params(args.checkpoint, args.model, args.scale)
+        except (FileNotFoundError, ValueError) as e:
+            parser.error(str(e))
+        config, weights = model.config, f"checkpoint {args.checkpoint}"
     else:
         if not args.model or not args.scale:
             parser.error("give --model and --scale, or a --checkpoint")

@@ -48,3 +48,11 @@ def test_usage_errors():
         verify.main(["--model", "irrm_s", "--scale", "8"])
     with pytest.raises(SystemExit):
         verify.main([])
+
+
+def test_checkpoint_mismatch_is_a_usage_error(tmp_path):
+    np.savez(tmp_path / "irn_x2.npz", **official_state_dict(2))
+    with pytest.raises(SystemExit):
+        verify.main(["--checkpoint", str(tmp_path / "irn_x2.npz"), "--scale", "4"])
+    with pytest.raises(SystemExit):
+        verify.main(["--checkpoint", str(tmp_path / "missing")])
