@@ -10,7 +10,8 @@ The round trip is jitted downscale (forward + 8-bit quantisation) then upscale (
 one `--roundtrip` image.
 
 Variants (joined with '+'): plain (float32, TF32 convs on NVIDIA as cuDNN's default), bf16 (bfloat16
-sub-networks), pad8 (sub-network channels padded to multiples of 8), fuse (G and H evaluated together).
+sub-networks), pad8 (sub-network channels padded to multiples of 8), fuse (G and H evaluated together),
+outward (each new DenseBlock feature map convolved once into all later convs).
 'plain' is the project's first version; every option is off in it. Prints a Markdown table and writes JSON.
 Timings: median over `--repeats` runs of `--steps` steps each, after a warm-up; compile time is the first call.
 """
@@ -38,6 +39,7 @@ VARIANT_OPTIONS = {
     "bf16": {"compute_dtype": jnp.bfloat16},
     "pad8": {"channel_multiple": 8},
     "fuse": {"fuse_gh": True},
+    "outward": {"dense_outward": True},
 }
 
 

@@ -25,9 +25,11 @@ def get_config() -> ml_collections.ConfigDict:
     # always stay float32.
     config.model.compute_dtype = "float32"
     # Speed options of build_model (same function and parameters): pad sub-network channels to a multiple of
-    # this, and evaluate each coupling's G and H sub-networks together.
+    # this, evaluate each coupling's G and H sub-networks together, and let DenseBlocks convolve each new
+    # feature map once into all later convolutions (benchmarks/NOTES.md has the measurements).
     config.model.channel_multiple = 1
     config.model.fuse_gh = False
+    config.model.dense_outward = False
     # irrm_jax.models.RescalerConfig fields that replace the variant's; None keeps the variant's value.
     # E.g. --config.model.overrides.blocks_per_level="(1, 1)" --config.model.overrides.nf=8 for a tiny model.
     config.model.overrides = ml_collections.ConfigDict(

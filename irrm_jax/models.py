@@ -102,6 +102,7 @@ class InvertibleRescaler(nn.Module):
         float dtype.
       channel_multiple: speed option: pad sub-network channels to this multiple (see `subnets`).
       fuse_gh: speed option: evaluate each coupling's G and H together (see `coupling`).
+      dense_outward: speed option: DenseBlocks convolve each feature map once into all later convs (see `subnets`).
     The speed options change neither the function nor the parameters.
     """
 
@@ -109,6 +110,7 @@ class InvertibleRescaler(nn.Module):
     compute_dtype: Any = jnp.float32
     channel_multiple: int = 1
     fuse_gh: bool = False
+    dense_outward: bool = False
 
     @property
     def scale(self) -> int:
@@ -116,10 +118,11 @@ class InvertibleRescaler(nn.Module):
 
     def setup(self):
         cfg = self.config
+        speed = dict(dtype=self.compute_dtype, channel_multiple=self.channel_multiple)
         if cfg.subnet == "dense":
-            subnet = functools.partial(DenseBlock, growth=cfg.nf, dtype=self.compute_dtype)
+            subnet = functools.partial(DenseBlock, growth=cfg.nf, outward=self.dense_outward, **speed)
         else:
-            subnet = functools.partial(EnhancedBlock, width=cfg.nf, n_res=cfg.n_res, dtype=self.compute_dtype)
+            subnet = functools.partial(EnhancedBlock, width=cfg.nf, n_res=cfg.n_res, **speed)
         ops = []
         if cfg.haar_mode == "upfront":
             ops += [HaarLevel() for _ in range(cfg.levels)]
@@ -220,6 +223,7 @@ def build_model(
     compute_dtype: Any = jnp.float32,
     channel_multiple: int = 1,
     fuse_gh: bool = False,
+    dense_outward: bool = False,
     **overrides: Any,
 ) -> InvertibleRescaler:
     """Builds a variant by name ('irn', 'irrm_s', 'irrm_m', 'irrm_l') and scale (2, 4; IRN also 8).
@@ -228,7 +232,8 @@ def build_model(
       name: the variant.
       scale: the rescaling factor.
       compute_dtype: sub-network compute dtype (jnp.float32, jnp.bfloat16, jnp.float64).
-      channel_multiple, fuse_gh: speed options (see `InvertibleRescaler`); same function, same parameters.
+      channel_multiple, fuse_gh, dense_outward: speed options (see `InvertibleRescaler`); same function and
+        parameters.
       **overrides: `RescalerConfig` fields to change, e.g. ``blocks_per_level=(2, 2)`` for a tiny test model.
     """
     return InvertibleRescaler(
@@ -236,6 +241,7 @@ def build_model(
         compute_dtype=compute_dtype,
         channel_multiple=channel_multiple,
         fuse_gh=fuse_gh,
+        dense_outward=dense_outward,
     )
 
 

@@ -36,6 +36,13 @@ def pad_channels(x: jax.Array, multiple: int, dtype: Any) -> tuple[jax.Array, tu
     return x, (c_in, pad)
 
 
+def conv3x3(x: jax.Array, kernel: jax.Array, dtype: Any) -> jax.Array:
+    """3x3, stride 1, zero SAME padding, NHWC x HWIO, computed in dtype."""
+    return jax.lax.conv_general_dilated(
+        x.astype(dtype), kernel.astype(dtype), (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+
+
 class Conv3x3(nn.Module):
     """A 3x3, stride-1, SAME-padded convolution with bias (PyTorch's padding=1), parameters as `nn.Conv`'s.
 
@@ -55,11 +62,13 @@ class Conv3x3(nn.Module):
     zero_channels: tuple[int, int] = (0, 0)
     channel_multiple: int = 1
 
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def setup(self):
         init = nn.initializers.zeros if self.zero_init else xavier_normal_x01
-        kernel = self.param("kernel", init, (3, 3, self.in_features, self.features), jnp.float32)
-        bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+        self.kernel = self.param("kernel", init, (3, 3, self.in_features, self.features), jnp.float32)
+        self.bias = self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel
         position, count = self.zero_channels
         if count:
             zeros = jnp.zeros((3, 3, count, self.features), kernel.dtype)
@@ -69,14 +78,7 @@ class Conv3x3(nn.Module):
             kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, 0), (0, out_padded - self.features)))
         if x.shape[-1] != kernel.shape[2]:
             raise ValueError(f"Conv3x3 expected {kernel.shape[2]} input channels, got {x.shape[-1]}.")
-        y = jax.lax.conv_general_dilated(
-            x.astype(self.dtype),
-            kernel.astype(self.dtype),
-            window_strides=(1, 1),
-            padding="SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
-        return y[..., : self.features] + bias.astype(self.dtype)
+        return conv3x3(x, kernel, self.dtype)[..., : self.features] + self.bias.astype(self.dtype)
 
 
 class DenseBlock(nn.Module):
@@ -90,32 +92,55 @@ class DenseBlock(nn.Module):
       growth: channels added by each of conv1..conv4 (IRN: 32).
       dtype: compute dtype of the convolutions.
       channel_multiple: pad the input (and hence every concatenation) and the output to this channel multiple.
+      outward: speed option (same function and parameters): when a feature map appears, one convolution computes
+        its contributions to every later conv and adds them to running sums, instead of convolving ever larger
+        concatenations (input channels 3..137 -> 32 or 3..32 -> 137..9). Ignores ``channel_multiple``.
     """
 
     features: int
     growth: int = 32
     dtype: Any = jnp.float32
     channel_multiple: int = 1
+    outward: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c_in = x.shape[-1]
-        x, zero_channels = pad_channels(x, self.channel_multiple, self.dtype)
-        feats = [x]
-        for i in range(1, 6):
-            conv = Conv3x3(
+        multiple = 1 if self.outward else self.channel_multiple
+        x, zero_channels = pad_channels(x, multiple, self.dtype)
+        convs = [
+            Conv3x3(
                 self.features if i == 5 else self.growth,
                 c_in + (i - 1) * self.growth,
                 self.dtype,
                 zero_init=i == 5,
                 zero_channels=zero_channels,
-                channel_multiple=self.channel_multiple if i == 5 else 1,
+                channel_multiple=multiple if i == 5 else 1,
                 name=f"conv{i}",
             )
-            h = conv(jnp.concatenate(feats, axis=-1))
-            if i < 5:
-                feats.append(nn.leaky_relu(h, 0.2))
-        return h
+            for i in range(1, 6)
+        ]
+        if self.outward:
+            return self._outward(x, convs)
+        feats = [x]
+        for conv in convs[:-1]:
+            feats.append(nn.leaky_relu(conv(jnp.concatenate(feats, axis=-1)), 0.2))
+        return convs[-1](jnp.concatenate(feats, axis=-1))
+
+    def _outward(self, x: jax.Array, convs: list[Conv3x3]) -> jax.Array:
+        """The same sums as __call__, grouped by input: source j (x, x1, ..., x4) feeds conv j+1..5 at once."""
+        starts = [0, x.shape[-1]] + [x.shape[-1] + j * self.growth for j in range(1, 5)]
+        pending = None  # running sums of the convs not finished yet, concatenated along channels
+        feat = x
+        for j in range(5):
+            rows = slice(starts[j], starts[j + 1])
+            kernel = jnp.concatenate([conv.kernel[:, :, rows] for conv in convs[j:]], axis=-1)
+            contribution = conv3x3(feat, kernel, self.dtype)
+            pending = contribution if pending is None else pending + contribution
+            if j < 4:
+                feat = nn.leaky_relu(pending[..., : self.growth] + convs[j].bias.astype(self.dtype), 0.2)
+                pending = pending[..., self.growth :]
+        return pending + convs[4].bias.astype(self.dtype)
 
 
 class EnhancedBlock(nn.Module):

@@ -9,6 +9,7 @@ test_full_depth_variant and `irrm_jax.verify` cover full depth.
 import functools
 
 import chex
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -18,7 +19,7 @@ from irrm_jax import models
 from irrm_jax.coupling import AdditiveCoupling, AffineCoupling
 from irrm_jax.haar import haar_forward_levels
 from irrm_jax.models import VARIANTS, HaarLevel, build_model
-from irrm_jax.subnets import DenseBlock, EnhancedBlock
+from irrm_jax.subnets import Conv3x3, DenseBlock, EnhancedBlock
 from irrm_jax.verify import random_nonzero_params
 
 dense = functools.partial(DenseBlock, growth=8)
@@ -189,7 +190,7 @@ def test_speed_options_compute_the_same_function(name):
     """Channel padding and fused G/H change neither parameters nor outputs."""
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 8, 8, 3)), jnp.float32)
     plain = tiny(name, 4)()
-    fast = tiny(name, 4)(channel_multiple=8, fuse_gh=True)
+    fast = tiny(name, 4)(channel_multiple=8, fuse_gh=True, dense_outward=name == "irn")
     shapes = jax.eval_shape(plain.init, jax.random.key(0), x)["params"]
     assert jax.tree.map(lambda a: a.shape, shapes) == jax.tree.map(
         lambda a: a.shape, jax.eval_shape(fast.init, jax.random.key(0), x)["params"]
@@ -204,3 +205,29 @@ def test_speed_options_compute_the_same_function(name):
     chex.assert_trees_all_close(
         jax.jit(jax.grad(loss(fast)))(params), jax.jit(jax.grad(loss(plain)))(params), atol=1e-5
     )
+
+
+def conv_inputs(model, x):
+    """Input channel counts of every Conv3x3 call in a forward pass."""
+    seen = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, Conv3x3) and context.method_name == "__call__":
+            seen.append(args[0].shape[-1])
+        return next_fun(*args, **kwargs)
+
+    variables = jax.eval_shape(model.init, jax.random.key(0), x)
+    with nn.intercept_methods(record):
+        jax.eval_shape(model.apply, variables, x)
+    return seen
+
+
+def test_speed_options_are_active():
+    """Each option really changes the computation (so the equality test above is not vacuous)."""
+    x = jnp.zeros((1, 4, 4, 3))
+    plain = conv_inputs(tiny("irn", 2)(), x)
+    assert len(plain) == 2 * 15 and any(c % 8 for c in plain)
+    padded = conv_inputs(tiny("irn", 2)(channel_multiple=8), x)
+    assert len(padded) == 30 and all(c % 8 == 0 for c in padded)
+    assert len(conv_inputs(tiny("irn", 2)(fuse_gh=True), x)) == 2 * 10  # G and H run as one batched network
+    assert conv_inputs(tiny("irn", 2)(dense_outward=True), x) == []  # DenseBlocks convolve their kernels directly
