@@ -508,6 +508,38 @@ def folder_source(
     return local_source(config, split, data_dir=data_dir)
 
 
+def open_source(
+    spec: str,
+    *,
+    split: str | None = None,
+    folder_split: str = "train",
+    root: str | os.PathLike | None = None,
+    data_dir: str | os.PathLike | None = None,
+) -> TfdsImageSource:
+    """A dataset by name (:func:`config_names`, case-insensitive) or, failing that, a folder of images.
+
+    Names win over folders of the same name; write ``./set5`` for a folder called ``set5``.
+
+    Args:
+        spec: a dataset name or a folder path (``~`` is expanded).
+        split: the split of a named dataset (None: its only split).
+        folder_split: the split name a folder is stored under.
+        root, data_dir: see :func:`local_source`.
+
+    Raises:
+        ValueError: ``spec`` is neither a known name nor a folder (the message lists the names).
+    """
+    if spec.lower() in config_names():
+        return local_source(spec.lower(), split, root=root, data_dir=data_dir)
+    folder = Path(spec).expanduser()
+    if folder.is_dir():
+        return folder_source(folder, split=folder_split, data_dir=data_dir)
+    raise ValueError(
+        f"dataset {spec!r} is neither a folder nor a known set; use a folder of images or one of "
+        f"{', '.join(config_names())}."
+    )
+
+
 def div2k_catalog_source(
     split: str = "train",
     *,

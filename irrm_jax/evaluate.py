@@ -87,14 +87,9 @@ def open_dataset(
     Raises:
       ValueError: when ``spec`` is neither a folder nor a known name (the message lists the names).
     """
-    if Path(spec).is_dir():
-        return Path(spec).resolve().name, datasets.folder_source(spec, split="test", data_dir=data_dir)
-    if spec.lower() in datasets.config_names():
-        return spec, datasets.local_source(spec.lower(), root=data_root, data_dir=data_dir)
-    raise ValueError(
-        f"dataset {spec!r} is neither a folder nor a known set; use a folder of images or one of "
-        f"{', '.join(datasets.config_names())}."
-    )
+    source = datasets.open_source(spec, folder_split="test", root=data_root, data_dir=data_dir)
+    named = spec.lower() in datasets.config_names()
+    return (spec if named else Path(spec).expanduser().resolve().name), source
 
 
 def _temperature_label(t: float) -> str:

@@ -79,30 +79,23 @@ def image_source(spec: str, split: str | None, data: ml_collections.ConfigDict, 
     """Opens the images a config names.
 
     Args:
-      spec: comma-separated parts, each a dataset name of `irrm_jax.datasets` ('div2k', 'set5', 't91', ...,
-        read from ``data.root``), a folder of images, or 'synthetic' (``data.synthetic_count`` generated images
-        of ``data.synthetic_size`` pixels).
+      spec: comma-separated parts, each 'synthetic' (``data.synthetic_count`` generated images of
+        ``data.synthetic_size`` pixels) or what `irrm_jax.datasets.open_source` opens: a dataset name ('div2k',
+        'set5', 't91', ..., read from ``data.root``) or a folder of images.
       split: the split of named datasets (None: the dataset's only split).
       data: ``config.data`` (root, data_dir, synthetic sizes).
       seed: seed of synthetic images.
 
     Raises:
-      ValueError: for a part that is neither a dataset name, an existing folder nor 'synthetic'.
+      ValueError: for a part that is neither 'synthetic', a dataset name nor an existing folder.
     """
-    root = data.root or None
-    data_dir = data.data_dir or None
     parts = []
     for part in (p.strip() for p in spec.split(",")):
         if part == "synthetic":
             parts.append(synthetic_source(data.synthetic_count, data.synthetic_size, seed))
-        elif part.lower() in datasets.config_names():
-            parts.append(datasets.local_source(part, split, root=root, data_dir=data_dir))
-        elif Path(part).expanduser().is_dir():
-            parts.append(datasets.folder_source(Path(part).expanduser(), data_dir=data_dir))
         else:
-            raise ValueError(
-                f"data source {part!r} is neither a dataset name ({', '.join(datasets.config_names())}), "
-                "an existing folder of images, nor 'synthetic'."
+            parts.append(
+                datasets.open_source(part, split=split, root=data.root or None, data_dir=data.data_dir or None)
             )
     return datasets.concatenate(parts)
 
