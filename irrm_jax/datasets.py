@@ -2,7 +2,7 @@
 
 Two ways to get images:
 
-* :class:`HrImageFolder`, a tfds builder for a local folder of HR images (PNG, JPEG, BMP).
+* :class:`HrImageFolder`, a tfds builder for a local folder of HR images (PNG, JPEG, BMP, WebP).
   Named configurations cover the standard sets laid out as ``<root>/<Set>/HR/*.png``
   (``set5``, ``set14``, ``bsd100``, ``urban100``, ``t91``, ``bsd200``) and a manually
   downloaded DIV2K (``div2k``: ``<root>/DIV2K_train_HR`` and ``<root>/DIV2K_valid_HR``, the

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 """File name endings (case-insensitive) treated as images by :func:`list_image_files`."""
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -53,7 +53,7 @@ class DecodedImage:
 
 
 def list_image_files(folder: str | os.PathLike) -> list[Path]:
-    """Lists the image files (PNG, JPEG, BMP) directly inside ``folder``, sorted by name.
+    """Lists the image files (PNG, JPEG, BMP, WebP) directly inside ``folder``, sorted by name.
 
     Hidden files and other file types are ignored; sub-folders are not searched.
 
@@ -96,7 +96,7 @@ def read_image(path: str | os.PathLike) -> DecodedImage:
 
 
 def decode_image_bytes(data: bytes, *, name: str) -> DecodedImage:
-    """Decodes an encoded image (PNG, JPEG, BMP) held in memory; see :func:`read_image`.
+    """Decodes an encoded image (PNG, JPEG, BMP, WebP) held in memory; see :func:`read_image`.
 
     Args:
         data: the encoded file contents.

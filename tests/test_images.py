@@ -79,9 +79,11 @@ def test_rgb_png_is_read_exactly(tmp_path):
     assert (decoded.channels_in_source, decoded.source_mode, decoded.bit_depth) == (3, "RGB", 8)
 
 
-def test_bmp_is_read_exactly_and_jpeg_decodes(tmp_path):
+def test_bmp_and_lossless_webp_are_read_exactly_and_jpeg_decodes(tmp_path):
     pixels = _rng(1).integers(0, 256, (6, 5, 3), dtype=np.uint8)
     np.testing.assert_array_equal(images.read_image(_save(pixels, tmp_path / "a.bmp")).pixels, pixels)
+    webp = _save(pixels, tmp_path / "a.webp", lossless=True, exact=True)
+    np.testing.assert_array_equal(images.read_image(webp).pixels, pixels)
     jpeg = images.read_image(_save(pixels, tmp_path / "a.JPG", quality=95))
     assert jpeg.pixels.shape == (6, 5, 3) and jpeg.channels_in_source == 3
 
@@ -180,11 +182,11 @@ def test_unreadable_path_is_an_error_naming_it(tmp_path):
 
 def test_list_image_files_sorted_images_only(tmp_path):
     pixels = np.zeros((2, 2, 3), np.uint8)
-    for name in ["b.png", "a.JPEG", "c.bmp", ".hidden.png"]:
+    for name in ["b.png", "a.JPEG", "c.bmp", "d.webp", ".hidden.png"]:
         _save(pixels, tmp_path / name)
     (tmp_path / "notes.txt").write_text("x")
     (tmp_path / "sub.png").mkdir()
-    assert [p.name for p in images.list_image_files(tmp_path)] == ["a.JPEG", "b.png", "c.bmp"]
+    assert [p.name for p in images.list_image_files(tmp_path)] == ["a.JPEG", "b.png", "c.bmp", "d.webp"]
 
 
 def test_missing_folder_is_an_error_naming_it(tmp_path):
