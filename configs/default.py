@@ -91,4 +91,5 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 5_000  # steps between checkpoints (and at the end and on SIGTERM)
     config.train.keep_checkpoints = 3  # newest checkpoints kept
     config.train.progress_bar = True  # tqdm bar on the first process
+    config.train.profile_steps = 0  # >0: jax.profiler trace of this many steps (from the 11th) in workdir/profile
     return config

@@ -11,7 +11,9 @@ z' from ``fold_in(base_key, step)``, so a resumed run reproduces the uninterrupt
 Every ``log_every`` steps the loop writes the mean of each loss term, gradient/parameter/update norms, the
 learning rate, the step time and HR patches/s; every ``eval_every`` steps the validation PSNRs (see `validate`).
 Any non-finite loss or gradient norm stops the run with a `FloatingPointError` naming the step; metrics are
-checked before every checkpoint, so the checkpoints left behind are the last good ones.
+checked before every checkpoint, so the checkpoints left behind are the last good ones. With
+``train.profile_steps`` > 0, that many steps from the 11th of the run on (after compilation) are traced with
+`jax.profiler` into ``workdir/profile`` (a Perfetto ``perfetto_trace.json.gz`` and TensorBoard's XPlane).
 """
 
 import logging
@@ -278,6 +280,37 @@ class _MetricLog:
         return means
 
 
+class _StepProfiler:
+    """Traces steps ``first .. first + count - 1`` of process 0 with `jax.profiler` (Perfetto and XPlane files)."""
+
+    def __init__(self, directory: Path, first: int, count: int):
+        self._directory, self._first, self._last = directory, first, first + count - 1
+        self._enabled = count > 0 and jax.process_index() == 0
+        self._active = False
+
+    def before(self, step: int) -> None:
+        if self._enabled and step == self._first:
+            jax.profiler.start_trace(str(self._directory), create_perfetto_trace=True)
+            self._active = True
+
+    def after(self, step: int, state: TrainState) -> None:
+        if self._active and step >= self._last:
+            jax.block_until_ready(state)
+            self.stop()
+
+    def __enter__(self) -> "_StepProfiler":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        if self._active:
+            jax.profiler.stop_trace()
+            self._active = False
+            logger.info("Profile of steps %d-%d written to %s.", self._first, self._last, self._directory)
+
+
 def _open_train_iterator(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, seed: int):
     data = config.data
     source = image_source(data.train, data.train_split, data, seed=config.train.seed)
@@ -358,11 +391,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         with (
             PreemptionWatcher() as preemption,
             tqdm(total=tc.num_steps, initial=start, disable=not show_bar, unit="step") as bar,
+            _StepProfiler(workdir / "profile", start + 11, tc.profile_steps) as profiler,
         ):
             for step in range(start + 1, tc.num_steps + 1):  # step: updates done once this one is
+                profiler.before(step)
                 hr = input_pipeline.to_global_batch(next(train_iter)["hr"], mesh)
                 state, step_metrics = train_step(state, hr)
                 log.add(step, step_metrics)
+                profiler.after(step, state)
                 bar.update()
                 preempted = preemption.reached(step)
                 last = step == tc.num_steps or preempted
