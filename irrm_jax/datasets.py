@@ -487,15 +487,16 @@ def folder_source(
 ) -> TfdsImageSource:
     """Prepares (once) and opens a dataset of any folder of HR images.
 
-    The cached dataset is named after the folder and a fingerprint of its files (names, sizes,
-    modification times), so a changed folder is prepared again.
+    The cached dataset is named after the folder and a fingerprint of the split name and its files (names,
+    sizes, modification times), so a changed folder is prepared again and one folder can serve as a training
+    run's validation ('train' split) and as an evaluation set ('test') from the same cache.
 
     Raises:
         FileNotFoundError, NotADirectoryError, ValueError: missing, not a folder, or no images.
     """
     folder = Path(folder).resolve()
     files = images.list_image_files(folder)
-    fingerprint = hashlib.sha256(str(folder).encode())
+    fingerprint = hashlib.sha256(f"{folder}:{split}".encode())
     for path in files:
         stat = path.stat()
         fingerprint.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())

@@ -68,6 +68,14 @@ def test_folder_is_prepared_once_and_again_when_it_changes(tmp_path, data_dir, m
     assert len(list(data_dir.glob("hr_image_folder/folder_imgs_*"))) == 2
 
 
+def test_one_folder_serves_two_splits_from_one_cache(tmp_path, data_dir):
+    folder = tmp_path / "imgs"
+    _write_images(folder, {"x.png": (4, 4, 3)})
+    train = datasets.folder_source(folder, split="train", data_dir=data_dir)
+    test = datasets.folder_source(folder, split="test", data_dir=data_dir)
+    np.testing.assert_array_equal(train[0]["image"], test[0]["image"])
+
+
 def test_corrupt_file_fails_preparation_naming_it(tmp_path, data_dir):
     folder = tmp_path / "bad"
     _write_images(folder, {"fine.png": (4, 4, 3)})
