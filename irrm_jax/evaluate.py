@@ -184,21 +184,23 @@ def evaluate(
         "datasets": {},
     }
     rows: list[dict[str, Any]] = []
+    examples: dict[str, list[dict[str, Any]]] = {}
     for name, source in sets:
-        set_rows, set_summary, examples = _evaluate_set(
+        set_rows, set_summary, examples[name] = _evaluate_set(
             rescaler, name, source, out_dir, temperatures, draws, seed, max_images, save_images, progress, model_name
         )
         rows += set_rows
         summary["datasets"][name] = set_summary
-        if figures and examples:
-            _comparison_figure(examples, name, scale, out_dir / _safe(name) / "comparison.png")
     summary["seconds"] = round(time.perf_counter() - start, 1)
     summary["compilations"] = rescaler.compile_count
     summary.update(extra or {})
     _write_csv(rows, out_dir / "per_image.csv")
     (out_dir / "summary.json").write_text(json.dumps(_finite_or_none(summary), indent=2) + "\n")
     (out_dir / "summary.md").write_text(markdown_table(summary) + "\n")
-    if figures:
+    if figures:  # after the scores are written: a failing figure loses no result
+        for name, set_examples in examples.items():
+            if set_examples:
+                _comparison_figure(set_examples, name, scale, out_dir / _safe(name) / "comparison.png")
         _temperature_plot(summary, out_dir / "psnr_vs_temperature.png")
     return summary
 
@@ -359,6 +361,7 @@ def _crop_box(hr: np.ndarray, size: int, scale: int) -> tuple[int, int, int]:
 
 def _comparison_figure(examples: list[dict[str, Any]], name: str, scale: int, path: Path) -> None:
     """Rows of crops: HR, the 8-bit LR (nearest-neighbour enlarged), bicubic, ours at each temperature (draw 0)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     labels = list(examples[0]["recon"])
     columns = ["HR", f"our 8-bit LR (x{scale} nearest)", "bicubic down + up"] + [
         f"ours, z at T={t[1:]}" for t in labels

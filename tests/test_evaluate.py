@@ -151,6 +151,14 @@ def test_folder_datasets_and_bad_names(tmp_path, images):
         ev.open_dataset("set6")
 
 
+def test_figures_without_saved_images(tiny, images, tmp_path):
+    model, params = tiny
+    source = ArrayImageSource([images["a"]], ["a"])
+    ev.evaluate(model, params, {"tiny": source}, tmp_path, draws=1, save_images=False, progress=False)
+    assert (tmp_path / "summary.json").is_file() and (tmp_path / "tiny" / "comparison.png").is_file()
+    assert not (tmp_path / "tiny" / "lr").exists()
+
+
 def test_invalid_arguments(tiny, tmp_path):
     model, params = tiny
     source = ArrayImageSource([np.zeros((16, 16, 3), np.uint8)])
