@@ -159,6 +159,10 @@ def main() -> None:
                     r["roundtrip_ms"] = bench_roundtrip(spec, variant, h, w, args.repeats, args.steps)["roundtrip_ms"]
                 results.append(r)
                 print(json.dumps(r), flush=True)
+                if args.json:  # rewritten after every result: a run cut short keeps what it measured
+                    report = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "results": results}
+                    with open(args.json, "w") as f:
+                        json.dump(report, f, indent=1)
     print("\n| model | variant | devices | batch/device | step ms | patches/s | compile s | peak GB | round trip ms |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
@@ -168,9 +172,6 @@ def main() -> None:
             f"{cell('step_ms', '.1f')} | {cell('patches_per_s', '.0f')} | {cell('compile_s', '.1f')} | "
             f"{cell('peak_gb', '.1f')} | {cell('roundtrip_ms', '.1f')} |"
         )
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": jax.devices()[0].device_kind, "jax": jax.__version__, "results": results}, f, indent=1)
 
 
 if __name__ == "__main__":
