@@ -10,6 +10,14 @@ Command (``root`` holds ``DIV2K_train_HR/`` and ``Set5/HR/``)::
 
 Expected time: not measured yet.
 Expected PSNR (Set5 validation, Y): not measured yet.
+
+Results row (README, Results: the same model on the 291-image set for 3,000 steps, configs/results.py)::
+
+    python train.py --config configs/results.py:irrm_s_x4 --workdir runs/results/irrm_s_x4 \
+        --config.data.root ../shared/data
+
+Measured on one H200 (float32/TF32): 2.3 GPU minutes, 599 HR patches/s; validation PSNR-Y 26.05 dB (Set5
+centre 128x128 crops, one z ~ N(0, I) draw), LR vs bicubic 31.78 dB.
 """
 
 import ml_collections
