@@ -26,7 +26,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.compute_dtype = "float32"
     # Speed options of build_model (same function and parameters): pad sub-network channels to a multiple of
     # this (8: IRN x4's step 1.32x faster on an H200, as cuDNN no longer pads every odd-channel tensor itself;
-    # no slower on CPU), evaluate each coupling's G and H sub-networks together, and let DenseBlocks convolve
+    # within 3% on CPU), evaluate each coupling's G and H sub-networks together, and let DenseBlocks convolve
     # each new feature map once into all later convolutions (benchmarks/NOTES.md has the measurements).
     config.model.channel_multiple = 8
     config.model.fuse_gh = False
