@@ -1,0 +1,53 @@
+"""scripts/results_table.py: the README's results table from a workdir's training record and eval summary."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+SCRIPT = Path(__file__).parents[1] / "scripts" / "results_table.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("results_table", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def reconstruction(t, psnr, ssim, draws, std):
+    return {"temperature": t, "draws": draws, "psnr_y_mean": psnr, "ssim_y_mean": ssim, "psnr_y_std_draws": std}
+
+
+def test_table_row_from_a_workdir(tmp_path):
+    work = tmp_path / "irrm_s_x4"
+    (work / "eval").mkdir(parents=True)
+    (work / "config.json").write_text(json.dumps({"model": {"name": "irrm_s", "scale": 4}}))
+    records = [
+        {"step": s, "split": "train", "hr_patches_per_s": p} for s, p in ((100, 50.0), (200, 600.0), (300, 598.0))
+    ]
+    records.append({"step": 300, "split": "validation", "psnr_y": 26.0})
+    (work / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    summary = {
+        "datasets": {
+            "set5": {
+                "reconstruction": {
+                    "T0": reconstruction(0.0, 30.5, 0.9, 1, 0.0),
+                    "T1": reconstruction(1.0, 29.25, 0.85, 5, 0.013),
+                },
+                "lr_vs_bicubic": {"psnr_y": 33.123, "ssim_y": 0.97},
+                "bicubic": {"psnr_y": 28.43, "ssim_y": 0.81},
+            }
+        }
+    }
+    (work / "eval" / "summary.json").write_text(json.dumps(summary))
+    (tmp_path / "not_a_run").mkdir()
+    script = load_script()
+    row = script.row(work)
+    # 714,840 parameters and 69.1k MACs per HR pixel (README's model table); the first interval (compilation) is
+    # left out of the median patches/s.
+    assert (row["model"], row["params"], row["steps"], row["patches_per_s"]) == ("irrm_s x4", 714_840, 300, 599.0)
+    lines = script.table([row]).splitlines()
+    assert lines[0].startswith("| model | parameters | MACs / HR px | steps | patches/s | set5: T=1 | set5: T=0 |")
+    assert lines[2] == (
+        "| irrm_s x4 | 714,840 | 69.1k | 300 | 599 | 29.25 ± 0.01 / 0.8500 | 30.50 / 0.9000 | 33.12 | 28.43 |"
+    )
