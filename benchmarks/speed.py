@@ -1,6 +1,7 @@
 """Training-step and round-trip speed of every model, with each speed option on and off.
 
     python -m benchmarks.speed --models irn_x4,irrm_l_x4 --variants plain,bf16,pad8+fuse --batch 16 --patch 144
+    python -m benchmarks.speed --models irn_x4 --variants pad8 --batch 16,32,64,128,256 --roundtrip ''  # largest batch
 
 One training step is the training loop's own step (`irrm_jax.train.make_train_step`: forward, LR fit to
 bicubic, straight-through quantisation, inverse with a fresh z, Charbonnier, z^2, gradient, clip 10, coupled
@@ -135,7 +136,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     parser.add_argument("--models", default="irn_x4")
     parser.add_argument("--variants", default="plain,bf16,pad8+fuse,bf16+pad8+fuse")
-    parser.add_argument("--batch", type=int, default=16, help="patches per device")
+    parser.add_argument(
+        "--batch", default="16", help="patches per device; a comma-separated list stops at the first that does not fit"
+    )
     parser.add_argument("--patch", type=int, default=144)
     parser.add_argument("--devices", default="1", help="comma-separated device counts for the train step")
     parser.add_argument("--roundtrip", default="1356x2040", help="HxW of the round-trip image ('' to skip)")
@@ -150,27 +153,38 @@ def main() -> None:
     for spec in args.models.split(","):
         for variant in args.variants.split(","):
             for devices in (int(d) for d in args.devices.split(",")):
-                r = {"model": spec, "devices": devices}
-                if not args.no_train:
-                    r = bench_train(spec, variant, args.batch, args.patch, devices, args.repeats, args.steps)
-                r["variant"] = variant + (f" ({args.label})" if args.label else "")
-                if args.roundtrip and devices == 1:
-                    h, w = (int(v) for v in args.roundtrip.split("x"))
-                    r["roundtrip_ms"] = bench_roundtrip(spec, variant, h, w, args.repeats, args.steps)["roundtrip_ms"]
-                results.append(r)
-                print(json.dumps(r), flush=True)
-                if args.json:  # rewritten after every result: a run cut short keeps what it measured
-                    report = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "results": results}
-                    with open(args.json, "w") as f:
-                        json.dump(report, f, indent=1)
+                for i, batch in enumerate(int(b) for b in args.batch.split(",")):
+                    r = {"model": spec, "devices": devices, "batch_per_device": batch}
+                    if not args.no_train:
+                        try:
+                            r = bench_train(spec, variant, batch, args.patch, devices, args.repeats, args.steps)
+                        except Exception as error:  # jax's runtime error type moved between versions
+                            if "RESOURCE_EXHAUSTED" not in str(error):
+                                raise
+                            r["out_of_memory"] = True
+                    r["variant"] = variant + (f" ({args.label})" if args.label else "")
+                    if args.roundtrip and devices == 1 and i == 0:
+                        h, w = (int(v) for v in args.roundtrip.split("x"))
+                        r["roundtrip_ms"] = bench_roundtrip(spec, variant, h, w, args.repeats, args.steps)[
+                            "roundtrip_ms"
+                        ]
+                    results.append(r)
+                    print(json.dumps(r), flush=True)
+                    if args.json:  # rewritten after every result: a run cut short keeps what it measured
+                        report = {"device": jax.devices()[0].device_kind, "jax": jax.__version__, "results": results}
+                        with open(args.json, "w") as f:
+                            json.dump(report, f, indent=1)
+                    if r.get("out_of_memory"):
+                        break  # larger batches will not fit either
     print("\n| model | variant | devices | batch/device | step ms | patches/s | compile s | peak GB | round trip ms |")
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         cell = lambda key, fmt, r=r: format(r[key], fmt) if r.get(key) is not None else "-"  # noqa: E731
+        step = "out of memory" if r.get("out_of_memory") else cell("step_ms", ".1f")
         print(
-            f"| {r['model']} | {r['variant']} | {r['devices']} | {cell('batch_per_device', 'd')} | "
-            f"{cell('step_ms', '.1f')} | {cell('patches_per_s', '.0f')} | {cell('compile_s', '.1f')} | "
-            f"{cell('peak_gb', '.1f')} | {cell('roundtrip_ms', '.1f')} |"
+            f"| {r['model']} | {r['variant']} | {r['devices']} | {cell('batch_per_device', 'd')} | {step} | "
+            f"{cell('patches_per_s', '.0f')} | {cell('compile_s', '.1f')} | {cell('peak_gb', '.1f')} | "
+            f"{cell('roundtrip_ms', '.1f')} |"
         )
 
 
