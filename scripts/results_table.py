@@ -14,18 +14,19 @@ import statistics
 import sys
 from pathlib import Path
 
+import ml_collections
+
 from irrm_jax.complexity import count_params, macs_per_hr_pixel
-from irrm_jax.models import build_model
+from irrm_jax.train_state import model_from_config
 
 
 def row(workdir: Path) -> dict:
-    config = json.loads((workdir / "config.json").read_text())
-    name, scale = config["model"]["name"], config["model"]["scale"]
+    config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
     records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     train = [r for r in records if r["split"] == "train"]
-    model = build_model(name, scale)
+    model = model_from_config(config)  # with the run's overrides, if any
     out = {
-        "model": f"{name} x{scale}",
+        "model": f"{config.model.name} x{config.model.scale}",
         "params": count_params(model),
         "macs": macs_per_hr_pixel(model),
         "steps": max(r["step"] for r in train),

@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+from configs import results
+
 SCRIPT = Path(__file__).parents[1] / "scripts" / "results_table.py"
 
 
@@ -21,7 +23,7 @@ def reconstruction(t, psnr, ssim, draws, std):
 def test_table_row_from_a_workdir(tmp_path):
     work = tmp_path / "irrm_s_x4"
     (work / "eval").mkdir(parents=True)
-    (work / "config.json").write_text(json.dumps({"model": {"name": "irrm_s", "scale": 4}}))
+    (work / "config.json").write_text(results.get_config("irrm_s_x4").to_json_best_effort())
     records = [
         {"step": s, "split": "train", "hr_patches_per_s": p} for s, p in ((100, 50.0), (200, 600.0), (300, 598.0))
     ]
