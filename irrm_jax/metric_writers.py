@@ -2,7 +2,8 @@
 
 Only the first process writes; other processes get a writer that does nothing. Each call of `write` appends one
 line ``{"step": ..., "split": "train" | "validation", <name>: <value>, ...}`` to ``<workdir>/metrics.jsonl``
-and one scalar per name, tagged ``<split>/<name>``, to the event files in ``<workdir>/tensorboard``.
+and one scalar per name, tagged ``<split>/<name>``, to the event files in ``<workdir>/tensorboard``;
+`read_metrics` reads the lines back.
 """
 
 import json
@@ -15,6 +16,22 @@ import jax
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_SUBDIR = "tensorboard"
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, list[dict]]:
+    """The records of a ``metrics.jsonl`` (or of the one in a workdir) by split, sorted by step.
+
+    A resumed run may write a step again; the record written last is kept.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / METRICS_FILE
+    by_split: dict[str, dict[int, dict]] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            by_split.setdefault(record["split"], {})[record["step"]] = record
+    return {split: sorted(records.values(), key=lambda r: r["step"]) for split, records in by_split.items()}
 
 
 class MetricWriter:

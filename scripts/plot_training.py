@@ -8,7 +8,6 @@ PSNR-Y and LR-vs-bicubic PSNR-Y. A resumed run's records are kept once per step 
 """
 
 import argparse
-import json
 from pathlib import Path
 
 import matplotlib
@@ -16,17 +15,15 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from irrm_jax.metric_writers import read_metrics  # noqa: E402
+
 PSNR_KEYS = (("psnr_y", "reconstruction PSNR-Y, z ~ N(0, I)"), ("psnr_y_lr", "LR vs bicubic PSNR-Y"))
 
 
 def read_run(path: Path) -> tuple[list[dict], list[dict]]:
     """(train records, validation records) of a metrics.jsonl, one per step, by step."""
-    by_split: dict[str, dict[int, dict]] = {"train": {}, "validation": {}}
-    for line in path.read_text().splitlines():
-        if line.strip():
-            record = json.loads(line)
-            by_split.setdefault(record["split"], {})[record["step"]] = record
-    return tuple(sorted(by_split[s].values(), key=lambda r: r["step"]) for s in ("train", "validation"))
+    records = read_metrics(path)
+    return records.get("train", []), records.get("validation", [])
 
 
 def plot_one(ax_loss, ax_psnr, train: list[dict], val: list[dict]) -> None:

@@ -17,13 +17,13 @@ from pathlib import Path
 import ml_collections
 
 from irrm_jax.complexity import count_params, macs_per_hr_pixel
+from irrm_jax.metric_writers import read_metrics
 from irrm_jax.train_state import model_from_config
 
 
 def row(workdir: Path) -> dict:
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    train = [r for r in records if r["split"] == "train"]
+    train = read_metrics(workdir)["train"]
     model = model_from_config(config)  # with the run's overrides, if any
     out = {
         "model": f"{config.model.name} x{config.model.scale}",

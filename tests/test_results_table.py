@@ -1,10 +1,11 @@
-"""scripts/results_table.py: the README's results table from a workdir's training record and eval summary."""
+"""scripts/results_table.py (the README results table) and `read_metrics`, which it and plot_training.py use."""
 
 import importlib.util
 import json
 from pathlib import Path
 
 from configs import results
+from irrm_jax.metric_writers import read_metrics
 
 SCRIPT = Path(__file__).parents[1] / "scripts" / "results_table.py"
 
@@ -53,3 +54,17 @@ def test_table_row_from_a_workdir(tmp_path):
     assert lines[2] == (
         "| irrm_s x4 | 714,840 | 69.1k | 300 | 599 | 29.25 ± 0.01 / 0.8500 | 30.50 / 0.9000 | 33.12 | 28.43 |"
     )
+
+
+def test_read_metrics_keeps_the_last_record_of_a_rewritten_step(tmp_path):
+    lines = [
+        {"step": 200, "split": "train", "loss": 2.0},
+        {"step": 100, "split": "train", "loss": 9.0},
+        {"step": 200, "split": "validation", "psnr_y": 20.0},
+        {"step": 200, "split": "train", "loss": 1.5},  # written again after a resume
+    ]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines) + "\n")
+    records = read_metrics(tmp_path)
+    assert [(r["step"], r["loss"]) for r in records["train"]] == [(100, 9.0), (200, 1.5)]
+    assert records["validation"] == [{"step": 200, "split": "validation", "psnr_y": 20.0}]
+    assert read_metrics(tmp_path / "metrics.jsonl") == records
