@@ -16,8 +16,13 @@ Results row (README, Results: the same model on the 291-image set for 3,000 step
     python train.py --config configs/results.py:irrm_l_x4 --workdir runs/results/irrm_l_x4 \
         --config.data.root ../shared/data
 
-Measured on one H200 (float32/TF32): 4.0 GPU minutes, 307 HR patches/s; validation PSNR-Y 27.91 dB (Set5
-centre 128x128 crops, one z ~ N(0, I) draw), LR vs bicubic 33.82 dB.
+    python eval.py --checkpoint runs/results/irrm_l_x4 --datasets set5 set14 bsd100 --data-root ../shared/data \
+        --temperatures 0 1 --draws 5 --out runs/results/irrm_l_x4/eval
+
+Measured on one H200 (float32/TF32, channels padded to 8): 5.8 GPU minutes (two device calls: stopped by SIGTERM at
+step 2,180 and resumed), 262 HR patches/s (median; the host was shared with other runs); validation PSNR-Y
+27.75 dB (Set5 centre 128x128 crops, one z ~ N(0, I) draw), LR vs bicubic 34.20 dB. eval.py, z ~ N(0, I), mean
+of 5 draws: Set5 / Set14 / BSD100 PSNR-Y 26.52 / 24.57 / 25.30 dB.
 """
 
 import ml_collections

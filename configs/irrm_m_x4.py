@@ -11,7 +11,7 @@ Command (``root`` holds ``DIV2K_train_HR/`` and ``Set5/HR/``)::
 Expected time: not measured for the full recipe. Measured on one H100 (float32/TF32): 32.7 ms per bare training
 step (`python -m benchmarks.speed --models irrm_m_x4 --variants plain`); the loop ran about 60 ms per step (250
 HR patches/s) in a short run on T91 (README, Training), i.e. about 8 h for 500k steps at that rate; on an H200
-the results run below ran 38.8 ms per step (413 patches/s), about 5.4 h for 500k steps.
+the first results run (channels unpadded) ran 38.8 ms per step (413 patches/s), about 5.4 h for 500k steps.
 Expected PSNR (Set5 validation, Y): not measured for the full recipe. The short run above (2,008 steps on T91's
 74 large-enough images, Set5 centre 128x128 crops) reached 28.8 dB with z ~ N(0, I).
 
@@ -20,8 +20,13 @@ Results row (README, Results: the same model on the 291-image set for 3,000 step
     python train.py --config configs/results.py:irrm_m_x4 --workdir runs/results/irrm_m_x4 \
         --config.data.root ../shared/data
 
-Measured on one H200 (float32/TF32): 3.0 GPU minutes, 413 HR patches/s; validation PSNR-Y 27.27 dB (Set5
-centre 128x128 crops, one z ~ N(0, I) draw), LR vs bicubic 33.15 dB.
+    python eval.py --checkpoint runs/results/irrm_m_x4 --datasets set5 set14 bsd100 --data-root ../shared/data \
+        --temperatures 0 1 --draws 5 --out runs/results/irrm_m_x4/eval
+
+Measured on one H200 (float32/TF32, channels padded to 8): 3.7 GPU minutes, 341 HR patches/s
+(median; the host was shared with other runs); validation PSNR-Y 27.24 dB (Set5 centre 128x128 crops, one z ~ N(0, I)
+draw), LR vs bicubic 33.42 dB. eval.py, z ~ N(0, I), mean of 5 draws: Set5 / Set14 / BSD100 PSNR-Y
+26.55 / 24.62 / 25.19 dB.
 """
 
 import ml_collections

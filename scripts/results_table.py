@@ -2,7 +2,8 @@
 
     python scripts/results_table.py runs/results        # folders made by scripts/results.sh
 
-Per row (a workdir with config.json, metrics.jsonl and eval/summary.json): model, parameters, MACs per HR pixel,
+Per row (a workdir with config.json, metrics.jsonl and eval/summary.json, or one eval_<set>/summary.json per
+set when the sets were evaluated by parallel eval.py jobs): model, parameters, MACs per HR pixel,
 steps, median HR patches/s of the training loop, and per dataset PSNR-Y / SSIM-Y of the reconstruction with
 z ~ N(0, I) (mean of the draws, T = 1) and with z = 0, then the LR-vs-bicubic PSNR-Y and bicubic's PSNR-Y.
 Rows without an evaluation are listed with their training record only.
@@ -23,7 +24,8 @@ from irrm_jax.train_state import model_from_config
 
 def row(workdir: Path) -> dict:
     config = ml_collections.ConfigDict(json.loads((workdir / "config.json").read_text()))
-    train = read_metrics(workdir)["train"]
+    metrics = read_metrics(workdir)
+    train = metrics["train"]
     model = model_from_config(config)  # with the run's overrides, if any
     out = {
         "model": f"{config.model.name} x{config.model.scale}",
@@ -31,10 +33,10 @@ def row(workdir: Path) -> dict:
         "macs": macs_per_hr_pixel(model),
         "steps": max(r["step"] for r in train),
         "patches_per_s": statistics.median(r["hr_patches_per_s"] for r in train[1:] or train),
+        "validation_psnr_y": (metrics.get("validation") or [{}])[-1].get("psnr_y"),
         "sets": {},
     }
-    summary_path = workdir / "eval" / "summary.json"
-    if summary_path.is_file():
+    for summary_path in sorted(workdir.glob("eval*/summary.json")):  # eval/, or eval_<set>/ per parallel job
         for set_name, s in json.loads(summary_path.read_text())["datasets"].items():
             by_t = {r["temperature"]: r for r in s["reconstruction"].values()}
             out["sets"][set_name] = (by_t.get(1.0), by_t.get(0.0), s["lr_vs_bicubic"], s["bicubic"])
@@ -48,25 +50,48 @@ def cell(r: dict | None) -> str:
     return f"{r['psnr_y_mean']:.2f}{spread} / {r['ssim_y_mean']:.4f}"
 
 
+SET_ORDER = ("set5", "set14", "bsd100", "urban100")
+
+
 def table(rows: list[dict]) -> str:
-    sets = list(dict.fromkeys(s for r in rows for s in r["sets"]))
-    head = ["model", "parameters", "MACs / HR px", "steps", "patches/s"]
-    head += [f"{s}: {what}" for s in sets for what in ("T=1", "T=0", "LR vs bicubic", "bicubic")]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    """Three Markdown tables: training record, reconstruction PSNR-Y / SSIM-Y (T = 1, T = 0), LR and bicubic."""
+    known = list(dict.fromkeys(s for r in rows for s in r["sets"]))
+    sets = sorted(known, key=lambda s: SET_ORDER.index(s) if s in SET_ORDER else len(SET_ORDER))
+
+    def markdown(head: list[str], body: list[list[str]]) -> list[str]:
+        return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(b) + " |" for b in body]
+
+    def scores(r: dict, s: str) -> tuple:
+        return r["sets"].get(s, (None, None, None, None))
+
+    psnr = lambda x: f"{x['psnr_y']:.2f}" if x else "-"  # noqa: E731
+    training = markdown(
+        ["model", "parameters", "MACs / HR px", "steps", "patches/s", "validation PSNR-Y"],
+        [
+            [
+                r["model"],
+                f"{r['params']:,}",
+                f"{r['macs'] / 1e3:.1f}k",
+                f"{r['steps']:,}",
+                f"{r['patches_per_s']:.0f}",
+                f"{r['validation_psnr_y']:.2f}" if r["validation_psnr_y"] else "-",
+            ]
+            for r in rows
+        ],
+    )
+    reconstruction = markdown(
+        ["model"] + [f"{s} T=1" for s in sets] + [f"{s} T=0" for s in sets],
+        [[r["model"]] + [cell(scores(r, s)[t]) for t in (0, 1) for s in sets] for r in rows],
+    )
+    bicubic = {}  # one bicubic row per scale: it does not depend on the model
     for r in rows:
-        cells = [
-            r["model"],
-            f"{r['params']:,}",
-            f"{r['macs'] / 1e3:.1f}k",
-            f"{r['steps']:,}",
-            f"{r['patches_per_s']:.0f}",
-        ]
-        for s in sets:
-            t1, t0, lr, bicubic = r["sets"].get(s, (None, None, None, None))
-            cells += [cell(t1), cell(t0)]
-            cells += [f"{x['psnr_y']:.2f}" if x else "-" for x in (lr, bicubic)]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        bicubic.setdefault(r["model"].rsplit(" ", 1)[1], [psnr(scores(r, s)[3]) for s in sets])
+    low_res = markdown(
+        ["PSNR-Y (dB)"] + sets,
+        [[f"{r['model']}: LR vs bicubic LR"] + [psnr(scores(r, s)[2]) for s in sets] for r in rows]
+        + [[f"bicubic down and up {scale}"] + cells for scale, cells in bicubic.items()],
+    )
+    return "\n".join(training + [""] + reconstruction + [""] + low_res)
 
 
 def main() -> None:

@@ -49,11 +49,15 @@ def test_table_row_from_a_workdir(tmp_path):
     # 714,840 parameters and 69.1k MACs per HR pixel (README's model table); the first interval (compilation) is
     # left out of the median patches/s.
     assert (row["model"], row["params"], row["steps"], row["patches_per_s"]) == ("irrm_s x4", 714_840, 300, 599.0)
-    lines = script.table([row]).splitlines()
-    assert lines[0].startswith("| model | parameters | MACs / HR px | steps | patches/s | set5: T=1 | set5: T=0 |")
-    assert lines[2] == (
-        "| irrm_s x4 | 714,840 | 69.1k | 300 | 599 | 29.25 ± 0.01 / 0.8500 | 30.50 / 0.9000 | 33.12 | 28.43 |"
-    )
+    assert row["validation_psnr_y"] == 26.0
+    tables = script.table([row]).split("\n\n")
+    assert tables[0].splitlines()[2] == "| irrm_s x4 | 714,840 | 69.1k | 300 | 599 | 26.00 |"
+    assert tables[1].splitlines()[0] == "| model | set5 T=1 | set5 T=0 |"
+    assert tables[1].splitlines()[2] == "| irrm_s x4 | 29.25 ± 0.01 / 0.8500 | 30.50 / 0.9000 |"
+    assert tables[2].splitlines()[2:] == [
+        "| irrm_s x4: LR vs bicubic LR | 33.12 |",
+        "| bicubic down and up x4 | 28.43 |",
+    ]
 
 
 def test_read_metrics_keeps_the_last_record_of_a_rewritten_step(tmp_path):
@@ -68,3 +72,28 @@ def test_read_metrics_keeps_the_last_record_of_a_rewritten_step(tmp_path):
     assert [(r["step"], r["loss"]) for r in records["train"]] == [(100, 9.0), (200, 1.5)]
     assert records["validation"] == [{"step": 200, "split": "validation", "psnr_y": 20.0}]
     assert read_metrics(tmp_path / "metrics.jsonl") == records
+
+
+def test_table_row_merges_per_set_evaluations(tmp_path):
+    work = tmp_path / "irn_x4"
+    work.mkdir()
+    (work / "config.json").write_text(results.get_config("irn_x4").to_json_best_effort())
+    (work / "metrics.jsonl").write_text(json.dumps({"step": 100, "split": "train", "hr_patches_per_s": 150.0}) + "\n")
+    for name, psnr in (("set5", 29.9), ("bsd100", 27.2)):  # one eval.py job per set, as run in parallel
+        (work / f"eval_{name}").mkdir()
+        summary = {
+            "datasets": {
+                name: {
+                    "reconstruction": {"T1": reconstruction(1.0, psnr, 0.8, 5, 0.02)},
+                    "lr_vs_bicubic": {"psnr_y": 35.0},
+                    "bicubic": {"psnr_y": 26.0},
+                }
+            }
+        }
+        (work / f"eval_{name}" / "summary.json").write_text(json.dumps(summary))
+    row = load_script().row(work)
+    assert sorted(row["sets"]) == ["bsd100", "set5"]
+    assert row["sets"]["set5"][0]["psnr_y_mean"] == 29.9 and row["sets"]["bsd100"][0]["psnr_y_mean"] == 27.2
+    assert row["sets"]["set5"][1] is None  # no T = 0 in these summaries
+    header = load_script().table([row]).split("\n\n")[1].splitlines()[0]
+    assert header == "| model | set5 T=1 | bsd100 T=1 | set5 T=0 | bsd100 T=0 |"  # the sets in the usual order
