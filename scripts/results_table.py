@@ -4,9 +4,9 @@
 
 Per row (a workdir with config.json, metrics.jsonl and eval/summary.json, or one eval_<set>/summary.json per
 set when the sets were evaluated by parallel eval.py jobs): model, parameters, MACs per HR pixel,
-steps, median HR patches/s of the training loop, and per dataset PSNR-Y / SSIM-Y of the reconstruction with
-z ~ N(0, I) (mean of the draws, T = 1) and with z = 0, then the LR-vs-bicubic PSNR-Y and bicubic's PSNR-Y.
-Rows without an evaluation are listed with their training record only.
+steps, median HR patches/s of the training loop and the last validation PSNR-Y (first table); per dataset
+PSNR-Y / SSIM-Y of the reconstruction with z ~ N(0, I) (mean of the draws, T = 1) and with z = 0 (second); the
+LR-vs-bicubic PSNR-Y and bicubic's PSNR-Y (third). Rows without an evaluation have '-' there.
 """
 
 import argparse
@@ -74,7 +74,7 @@ def table(rows: list[dict]) -> str:
                 f"{r['macs'] / 1e3:.1f}k",
                 f"{r['steps']:,}",
                 f"{r['patches_per_s']:.0f}",
-                f"{r['validation_psnr_y']:.2f}" if r["validation_psnr_y"] else "-",
+                f"{r['validation_psnr_y']:.2f}" if r["validation_psnr_y"] is not None else "-",
             ]
             for r in rows
         ],
@@ -83,13 +83,16 @@ def table(rows: list[dict]) -> str:
         ["model"] + [f"{s} T=1" for s in sets] + [f"{s} T=0" for s in sets],
         [[r["model"]] + [cell(scores(r, s)[t]) for t in (0, 1) for s in sets] for r in rows],
     )
-    bicubic = {}  # one bicubic row per scale: it does not depend on the model
+    bicubic: dict[str, dict[str, str]] = {}  # one bicubic row per scale (it does not depend on the model)
     for r in rows:
-        bicubic.setdefault(r["model"].rsplit(" ", 1)[1], [psnr(scores(r, s)[3]) for s in sets])
+        per_set = bicubic.setdefault(r["model"].rsplit(" ", 1)[1], {})
+        for s in sets:
+            if per_set.get(s, "-") == "-":
+                per_set[s] = psnr(scores(r, s)[3])
     low_res = markdown(
         ["PSNR-Y (dB)"] + sets,
         [[f"{r['model']}: LR vs bicubic LR"] + [psnr(scores(r, s)[2]) for s in sets] for r in rows]
-        + [[f"bicubic down and up {scale}"] + cells for scale, cells in bicubic.items()],
+        + [[f"bicubic down and up {scale}"] + [per_set[s] for s in sets] for scale, per_set in bicubic.items()],
     )
     return "\n".join(training + [""] + reconstruction + [""] + low_res)
 

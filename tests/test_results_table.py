@@ -95,5 +95,8 @@ def test_table_row_merges_per_set_evaluations(tmp_path):
     assert sorted(row["sets"]) == ["bsd100", "set5"]
     assert row["sets"]["set5"][0]["psnr_y_mean"] == 29.9 and row["sets"]["bsd100"][0]["psnr_y_mean"] == 27.2
     assert row["sets"]["set5"][1] is None  # no T = 0 in these summaries
-    header = load_script().table([row]).split("\n\n")[1].splitlines()[0]
-    assert header == "| model | set5 T=1 | bsd100 T=1 | set5 T=0 | bsd100 T=0 |"  # the sets in the usual order
+    unevaluated = dict(row, sets={})  # a row of the same scale without scores does not blank the bicubic row
+    tables = load_script().table([unevaluated, row]).split("\n\n")
+    assert tables[1].splitlines()[0] == "| model | set5 T=1 | bsd100 T=1 | set5 T=0 | bsd100 T=0 |"  # usual order
+    assert tables[1].splitlines()[2] == "| irn x4 | - | - | - | - |"
+    assert tables[2].splitlines()[-1] == "| bicubic down and up x4 | 26.00 | 26.00 |"
