@@ -9,9 +9,10 @@ Command (``root`` holds ``DIV2K_train_HR/`` and ``Set5/HR/``)::
     python train.py --config configs/irrm_m_x4.py --workdir runs/irrm_m_x4 --config.data.root /data/sr
 
 Expected time: not measured for the full recipe. Measured on one H100 (float32/TF32): 32.7 ms per bare training
-step (`python -m benchmarks.speed --models irrm_m_x4 --variants plain`); the loop ran about 60 ms per step (250
-HR patches/s) in a short run on T91 (README, Training), i.e. about 8 h for 500k steps at that rate; on an H200
-the first results run (channels unpadded) ran 38.8 ms per step (413 patches/s), about 5.4 h for 500k steps.
+step (`python -m benchmarks.speed --models irrm_m_x4 --variants plain`); the training loop ran about 250 HR
+patches/s (about 64 ms per step) in the 2,008-step run on T91 that README, Training describes: about 9 h for 500k
+steps at that rate. On an H200 the first results run (channels unpadded) ran 38.8 ms per step (413 patches/s),
+about 5.4 h for 500k steps.
 Expected PSNR (Set5 validation, Y): not measured for the full recipe. The short run above (2,008 steps on T91's
 74 large-enough images, Set5 centre 128x128 crops) reached 28.8 dB with z ~ N(0, I).
 
