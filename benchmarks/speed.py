@@ -14,7 +14,9 @@ Variants (joined with '+'): plain (float32, TF32 convs on NVIDIA as cuDNN's defa
 sub-networks), pad8 (sub-network channels padded to multiples of 8), fuse (G and H evaluated together),
 outward (each new DenseBlock feature map convolved once into all later convs).
 'plain' is the project's first version; every option is off in it. Prints a Markdown table and writes JSON.
-Timings: median over `--repeats` runs of `--steps` steps each, after a warm-up; compile time is the first call.
+Timings: median over `--repeats` runs of `--steps` steps each, after a warm-up. Training step: compile time is
+tracing, lowering and compiling (ahead of time); step memory is the compiled step's peak device memory per device
+(XLA's buffer assignment, so each row is its own configuration's). Round trip: compile time is the first call.
 """
 
 import argparse
@@ -64,12 +66,16 @@ def timed(fn, repeats: int, steps: int) -> float:
     return statistics.median(times)
 
 
-def peak_memory_gb() -> float | None:
-    stats = jax.devices()[0].memory_stats() or {}
-    return stats.get("peak_bytes_in_use", 0) / 2**30 if stats else None
+def step_memory_gb(compiled) -> float | None:
+    """Peak device memory one compiled call needs (XLA's buffer assignment: arguments, outputs, temporaries)."""
+    stats = compiled.memory_analysis()
+    peak = getattr(stats, "peak_memory_in_bytes", None) if stats is not None else None
+    return peak / 2**30 if peak else None
 
 
 def bench_train(spec: str, variant: str, batch: int, patch: int, devices: int, repeats: int, steps: int) -> dict:
+    if devices > jax.device_count():
+        raise ValueError(f"{devices} devices asked for, {jax.device_count()} available")
     model = model_for(spec, variant)
     mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
     optimizer = create_optimizer()
@@ -83,13 +89,12 @@ def bench_train(spec: str, variant: str, batch: int, patch: int, devices: int, r
     hr = np.random.default_rng(0).uniform(size=(global_batch, patch, patch, 3)).astype(np.float32)
     hr = jax.device_put(hr, batch_sharded(mesh))
     start = time.perf_counter()
-    state, metrics = step(state, hr)
-    jax.block_until_ready(metrics)
+    compiled = step.lower(state, hr).compile()
     compile_s = time.perf_counter() - start
     holder = [state]
 
     def one():
-        holder[0], metrics = step(holder[0], hr)
+        holder[0], metrics = compiled(holder[0], hr)
         return metrics["loss"]
 
     for _ in range(3):
@@ -105,7 +110,7 @@ def bench_train(spec: str, variant: str, batch: int, patch: int, devices: int, r
         "patches_per_s": global_batch / seconds,
         "compile_s": compile_s,
         "final_loss": float(one()),
-        "peak_gb": peak_memory_gb(),
+        "step_memory_gb": step_memory_gb(compiled),
     }
 
 
@@ -176,14 +181,16 @@ def main() -> None:
                             json.dump(report, f, indent=1)
                     if r.get("out_of_memory"):
                         break  # larger batches will not fit either
-    print("\n| model | variant | devices | batch/device | step ms | patches/s | compile s | peak GB | round trip ms |")
+    print(
+        "\n| model | variant | devices | batch/device | step ms | patches/s | compile s | memory GB | round trip ms |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for r in results:
         cell = lambda key, fmt, r=r: format(r[key], fmt) if r.get(key) is not None else "-"  # noqa: E731
         step = "out of memory" if r.get("out_of_memory") else cell("step_ms", ".1f")
         print(
             f"| {r['model']} | {r['variant']} | {r['devices']} | {cell('batch_per_device', 'd')} | {step} | "
-            f"{cell('patches_per_s', '.0f')} | {cell('compile_s', '.1f')} | {cell('peak_gb', '.1f')} | "
+            f"{cell('patches_per_s', '.0f')} | {cell('compile_s', '.1f')} | {cell('step_memory_gb', '.1f')} | "
             f"{cell('roundtrip_ms', '.1f')} |"
         )
 

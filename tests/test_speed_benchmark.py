@@ -1,0 +1,20 @@
+"""benchmarks/speed.py at a tiny size on the CPU: the fields it reports, and a clear error for missing devices."""
+
+import jax
+import pytest
+
+from benchmarks import speed
+
+
+def test_train_step_benchmark_reports_time_memory_and_compile():
+    r = speed.bench_train("irrm_s_x4", "pad8", batch=1, patch=16, devices=1, repeats=1, steps=1)
+    assert r["step_ms"] > 0 and r["compile_s"] > 0
+    assert r["patches_per_s"] == pytest.approx(1e3 / r["step_ms"])
+    # The compiled step holds at least the parameters and the two Adam moments (float32).
+    assert r["step_memory_gb"] * 2**30 > 3 * 4 * 714_840
+    assert r["final_loss"] > 0
+
+
+def test_more_devices_than_available_is_an_error():
+    with pytest.raises(ValueError, match="devices asked for"):
+        speed.bench_train("irrm_s_x4", "plain", batch=1, patch=16, devices=jax.device_count() + 1, repeats=1, steps=1)
