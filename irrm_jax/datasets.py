@@ -444,7 +444,31 @@ def prepare(
     if not builder.is_prepared():
         download_config = tfds.download.DownloadConfig(manual_dir=None if root is None else os.fspath(root))
         builder.download_and_prepare(file_format="array_record", download_config=download_config)
+    elif root is not None:
+        _check_prepared_matches(builder, Path(root))
     return builder
+
+
+def _check_prepared_matches(builder: tfds.core.DatasetBuilder, root: Path) -> None:
+    """Raises if a prepared split holds other images than the folder ``root`` now gives for it.
+
+    A named set is prepared once; a later ``root`` with other images (another copy of "Set5", a changed folder)
+    would otherwise be ignored silently. Images are compared by name; a moved copy of the same files passes.
+    """
+    for split, candidates in builder.builder_config.split_dirs.items():
+        try:
+            folder = _find_folder(candidates, root)
+        except FileNotFoundError:
+            continue  # nothing to compare with: the prepared copy is what there is
+        names = [path.stem for path in images.list_image_files(folder)]
+        prepared = builder.info.metadata[split]["names"]
+        if names != prepared:
+            extra, missing = sorted(set(names) - set(prepared)), sorted(set(prepared) - set(names))
+            raise ValueError(
+                f"The prepared {builder.builder_config.name!r} {split} split ({len(prepared)} images, from "
+                f"{builder.info.metadata[split].get('folder')}) differs from {folder} ({len(names)} images; new: "
+                f"{extra[:5]}, gone: {missing[:5]}). Delete {builder.data_dir} to prepare it again from {folder}."
+            )
 
 
 def local_source(

@@ -112,6 +112,18 @@ def test_standard_layout_configs(tmp_path, data_dir):
         datasets.local_source("set14", root=root, data_dir=data_dir)
 
 
+def test_prepared_named_set_must_match_a_later_root(tmp_path, data_dir):
+    first, moved, other = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    _write_images(first / "Set5" / "HR", {"bird.png": (6, 6, 3), "baby.png": (8, 6, 3)})
+    _write_images(moved / "Set5" / "HR", {"bird.png": (6, 6, 3), "baby.png": (8, 6, 3)})
+    _write_images(other / "Set5" / "HR", {"bird.png": (6, 6, 3), "butterfly.png": (8, 6, 3)})
+    assert len(datasets.local_source("set5", root=first, data_dir=data_dir)) == 2
+    assert len(datasets.local_source("set5", root=moved, data_dir=data_dir)) == 2  # same names elsewhere: fine
+    assert len(datasets.local_source("set5", data_dir=data_dir)) == 2  # no root: the prepared copy
+    with pytest.raises(ValueError, match=r"new: \['butterfly'\], gone: \['baby'\]\). Delete "):
+        datasets.local_source("set5", root=other, data_dir=data_dir)
+
+
 def test_div2k_manual_layout_has_train_and_validation(tmp_path, data_dir):
     root = tmp_path / "div2k_root"
     _write_images(root / "DIV2K_train_HR", {"0001.png": (6, 8, 3), "0002.png": (8, 6, 3)})
