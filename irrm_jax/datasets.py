@@ -58,8 +58,6 @@ from irrm_jax import images
 
 logger = logging.getLogger(__name__)
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
 
 # --------------------------------------------------------------------------------------------
 # The builder.
@@ -209,7 +207,7 @@ def _png_record(path: Path) -> tuple[bytes, images.DecodedImage]:
     """Decodes and validates one file; returns PNG bytes to store (the file itself if usable)."""
     data = path.read_bytes() if path.is_file() else b""
     decoded = images.decode_image_bytes(data, name=str(path))
-    if data.startswith(_PNG_SIGNATURE) and decoded.source_mode == "RGB":
+    if data.startswith(images.PNG_SIGNATURE) and decoded.source_mode == "RGB":
         return data, decoded  # already an 8-bit RGB PNG: store it byte for byte
     return images.encode_png(decoded.pixels), decoded
 

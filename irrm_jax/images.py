@@ -26,7 +26,8 @@ from PIL import Image
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 """File name endings (case-insensitive) treated as images by :func:`list_image_files`."""
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+"""The first eight bytes of every PNG file."""
 
 logger = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def encode_png(pixels: np.ndarray) -> bytes:
 
 def _png_bit_depth(data: bytes) -> int | None:
     """Bit depth from a PNG's IHDR chunk, or None if ``data`` is not a PNG."""
-    if not data.startswith(_PNG_SIGNATURE) or len(data) < 25 or data[12:16] != b"IHDR":
+    if not data.startswith(PNG_SIGNATURE) or len(data) < 25 or data[12:16] != b"IHDR":
         return None
     return data[24]
 
