@@ -4,7 +4,9 @@
 
 Protocol (spec 3.8, 3.9): each HR image is mod-cropped to a multiple of the scale (top-left kept) and run at its
 own size (`irrm_jax.inference.Rescaler` with ``bucket=None``). Scores are those of `irrm_jax.metrics`: uint8
-images, BT.601 Y, ``scale`` pixels shaved, MATLAB SSIM, dataset score = mean of per-image values. Per image:
+images, BT.601 Y, ``scale`` pixels shaved, MATLAB SSIM, dataset score = mean of per-image values. An image with a
+side under 3 * scale pixels (nothing would be left after the mod-crop and the shave) is skipped with a warning and
+listed in its set's ``skipped``. Per image:
 
 * **bicubic**: MATLAB-bicubic down and up (`irrm_jax.resize.bicubic_roundtrip`, uint8 after each pass) vs the HR;
 * **LR**: the model's 8-bit LR vs that bicubic LR, with no border shaved;
@@ -16,6 +18,10 @@ the dataset mean (the spread the IRN README quotes), ``*_std_image`` the mean ov
 standard deviation over draws. Single-channel sources (Set14 ``bridge``) are scored on one channel: the HR's own,
 and the mean of the three output channels (rounded) for the model's outputs.
 
+A folder is named after itself, or after its parent when it is called ``HR`` (``/d/Set5/HR`` is ``Set5``); two
+sets whose names differ only in case (or in characters that `_safe` replaces) are refused, as their results
+would overwrite each other.
+
 Written to ``out_dir``: ``per_image.csv``, ``summary.json``, ``summary.md``, ``psnr_vs_temperature.png``, and per
 dataset ``<name>/comparison.png`` (crops of HR, LR, bicubic, reconstruction), ``<name>/lr/*.png`` (the 8-bit LR a
 user would store, with its HR size in a PNG text chunk) and ``<name>/recon_T<t>/*.png`` (the first draw).
@@ -25,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import itertools
 import json
 import logging
 import math
@@ -46,8 +51,8 @@ from tqdm import tqdm
 
 from irrm_jax import datasets, lr_files
 from irrm_jax.datasets import ImageSource
+from irrm_jax.images import mod_crop
 from irrm_jax.inference import Rescaler, load_model_and_params
-from irrm_jax.input_pipeline import iterate_eval_images
 from irrm_jax.metrics import MeanAccumulator, psnr_rgb, psnr_y, ssim_y
 from irrm_jax.resize import bicubic_roundtrip
 
@@ -57,9 +62,12 @@ TEMPERATURES = (0.0, 0.5, 1.0)
 DEFAULT_DRAWS = 5
 """Draws of z per image for T > 0 (the IRN README averages 5)."""
 
+_MIN_LR_SIZE = 3  # an LR side of 3 pixels is the smallest HR side (3 * scale) that survives the scale-pixel shave
 _SSIM_MIN_SIZE = 11  # the SSIM window; smaller LRs get no LR SSIM (NaN)
 _FIGURE_IMAGES = 4
 _FIGURE_CROP = 96
+
+_log = logging.getLogger(__name__)
 
 
 def draw_key(seed: int, image_index: int, draw: int) -> jax.Array:
@@ -82,14 +90,41 @@ def open_dataset(
       data_dir: where tfds caches prepared datasets (default: tfds's).
 
     Returns:
-      ``(name, source)``; a folder's name is its base name.
+      ``(dataset_name(spec), source)``.
 
     Raises:
       ValueError: when ``spec`` is neither a folder nor a known name (the message lists the names).
     """
     source = datasets.open_source(spec, folder_split="test", root=data_root, data_dir=data_dir)
-    named = spec.lower() in datasets.config_names()
-    return (spec if named else Path(spec).expanduser().resolve().name), source
+    return dataset_name(spec), source
+
+
+def dataset_name(spec: str) -> str:
+    """The name results of ``spec`` are reported under: a known set's name as given, else the folder's base name,
+    or its parent's for a folder called ``HR`` (any case; the usual ``<Set>/HR`` layout)."""
+    if spec.lower() in datasets.config_names():
+        return spec
+    path = Path(spec).expanduser().resolve()
+    return path.parent.name if path.name.lower() == "hr" and path.parent.name else path.name
+
+
+def check_unique_names(specs: Sequence[str], names: Sequence[str] | None = None) -> None:
+    """Raises ValueError when two sets would share a name (ignoring case and `_safe`'s replacements).
+
+    Args:
+      specs: how the user named the sets (quoted in the message).
+      names: their names (default: `dataset_name` of each spec).
+    """
+    names = [dataset_name(s) for s in specs] if names is None else names
+    seen: dict[str, str] = {}
+    for spec, name in zip(specs, names, strict=True):
+        key = _safe(name).lower()
+        if key in seen:
+            raise ValueError(
+                f"datasets {seen[key]!r} and {spec!r} would both be named {name!r} (ignoring case), so their "
+                "results would overwrite each other; give one of them another folder name."
+            )
+        seen[key] = spec
 
 
 def _temperature_label(t: float) -> str:
@@ -138,7 +173,7 @@ def evaluate(
       draws: draws of z per image for each T > 0 (T = 0 uses one).
       seed: seed of the z draws (see `draw_key`).
       bucket: `Rescaler` bucket; None (the protocol) runs every image at its own size.
-      max_images: score at most this many images per set (None: all).
+      max_images: read at most this many images per set (None: all); too small ones among them are skipped.
       save_images: write the 8-bit LRs and the reconstructions.
       figures: write the comparison figures and the PSNR-vs-temperature plot.
       progress: show tqdm progress bars.
@@ -150,16 +185,20 @@ def evaluate(
       The summary (what ``summary.json`` holds).
 
     Raises:
-      ValueError: for a negative temperature, draws < 1, or no image set.
+      ValueError: for a negative temperature, draws < 1, max_images < 1, no image set, two sets of one name (see
+        `check_unique_names`), or a set with no image large enough to score.
     """
     temperatures = [float(t) for t in temperatures]
     if not temperatures or min(temperatures) < 0:
         raise ValueError(f"temperatures must be a non-empty list of values >= 0, got {temperatures}.")
     if draws < 1:
         raise ValueError(f"draws must be >= 1, got {draws}.")
+    if max_images is not None and max_images < 1:
+        raise ValueError(f"max_images must be >= 1 (or None for all), got {max_images}.")
     sets = list(image_sets.items()) if isinstance(image_sets, Mapping) else list(image_sets)
     if not sets:
         raise ValueError("no image set to evaluate.")
+    check_unique_names([name for name, _ in sets], [name for name, _ in sets])
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     rescaler = Rescaler(model, params, bucket=bucket, max_batch=1)
@@ -231,6 +270,7 @@ def _evaluate_set(
     progress: bool,
     model_name: str,
 ) -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """Scores one set; images too small to score are logged and listed in the summary's ``skipped``."""
     scale = rescaler.scale
     count = len(source) if max_images is None else min(len(source), max_images)
     set_dir = out_dir / _safe(name)
@@ -239,18 +279,23 @@ def _evaluate_set(
         for t in temperatures:
             (set_dir / f"recon_{_temperature_label(t)}").mkdir(parents=True, exist_ok=True)
     acc = MeanAccumulator()
-    rows, examples = [], []
-    images = itertools.islice(iterate_eval_images(source, scale=scale), count)
-    for item in tqdm(images, total=count, desc=name, unit="image", disable=not progress):
-        hr, gray = item.image, item.channels_in_source == 1
+    rows, examples, skipped = [], [], []
+    for index in tqdm(range(count), desc=name, unit="image", disable=not progress):
+        record = source[index]
+        image_name, (h, w) = record["name"], record["image"].shape[:2]
+        if min(h, w) < _MIN_LR_SIZE * scale:
+            _log.warning("%s: skipping %r (%dx%d): too small to score at scale %d", name, image_name, h, w, scale)
+            skipped.append({"image": image_name, "height": h, "width": w})
+            continue
+        hr, gray = mod_crop(record["image"], scale), record["channels_in_source"] == 1
         lr_bic, sr_bic = bicubic_roundtrip(hr, scale)
         lr = rescaler.downscale(hr)
         row: dict[str, Any] = {
             "dataset": name,
-            "image": item.name,
+            "image": image_name,
             "height": hr.shape[0],
             "width": hr.shape[1],
-            "channels_in_source": item.channels_in_source,
+            "channels_in_source": record["channels_in_source"],
         }
         bic = _pair_metrics(sr_bic, hr, scale, gray)
         lrm = _pair_metrics(lr, lr_bic, 0, gray)
@@ -262,12 +307,12 @@ def _evaluate_set(
             label = _temperature_label(t)
             per_draw = []
             for d in range(draws if t > 0 else 1):
-                rec = rescaler.upscale(lr, key=draw_key(seed, item.index, d), temperature=t)
+                rec = rescaler.upscale(lr, key=draw_key(seed, index, d), temperature=t)
                 per_draw.append(_pair_metrics(rec, hr, scale, gray))
                 acc.add({f"{label}/draw{d}/{k}": v for k, v in per_draw[-1].items()})
                 if d == 0:
                     if save_images:
-                        Image.fromarray(rec).save(set_dir / f"recon_{label}" / f"{_safe(item.name)}.png")
+                        Image.fromarray(rec).save(set_dir / f"recon_{label}" / f"{_safe(image_name)}.png")
                     shown[label] = rec
             for k in ("psnr_y", "ssim_y", "psnr_rgb"):
                 values = np.array([m[k] for m in per_draw])
@@ -277,17 +322,25 @@ def _evaluate_set(
                 acc.add({f"{label}/{k}": float(values.mean()), f"{label}/{k}_std_image": float(values.std())})
         if save_images:
             lr_files.save_lr_png(
-                set_dir / "lr" / f"{_safe(item.name)}.png", lr, hr_size=hr.shape[:2], scale=scale, model=model_name
+                set_dir / "lr" / f"{_safe(image_name)}.png", lr, hr_size=hr.shape[:2], scale=scale, model=model_name
             )
         if len(examples) < _FIGURE_IMAGES:
-            examples.append({"name": item.name, "hr": hr, "lr": lr, "bicubic": sr_bic, "recon": shown, **row})
+            examples.append({"name": image_name, "hr": hr, "lr": lr, "bicubic": sr_bic, "recon": shown, **row})
         rows.append(row)
-    return rows, _set_summary(acc.means(), count, temperatures, draws), examples
+    if not rows:
+        raise ValueError(
+            f"{name}: none of its {count} image(s) is large enough to score at scale {scale} (at least "
+            f"{_MIN_LR_SIZE * scale} pixels a side)."
+        )
+    return rows, _set_summary(acc.means(), len(rows), skipped, temperatures, draws), examples
 
 
-def _set_summary(means: dict[str, float], count: int, temperatures: list[float], draws: int) -> dict[str, Any]:
+def _set_summary(
+    means: dict[str, float], count: int, skipped: list[dict[str, Any]], temperatures: list[float], draws: int
+) -> dict[str, Any]:
     out: dict[str, Any] = {
         "images": count,
+        "skipped": skipped,
         "bicubic": {k: means[f"bicubic/{k}"] for k in ("psnr_y", "ssim_y", "psnr_rgb")},
         "lr_vs_bicubic": {k: means[f"lr/{k}"] for k in ("psnr_y", "ssim_y")},
         "reconstruction": {},
@@ -327,6 +380,9 @@ def markdown_table(summary: Mapping[str, Any]) -> str:
             spread = f" ± {r['psnr_y_std_draws']:.2f}" if r["draws"] > 1 else ""
             cells.append(f"{r['psnr_y_mean']:.2f}{spread} / {r['ssim_y_mean']:.4f}")
         lines.append("| " + " | ".join(cells) + " |")
+    for name, s in sets.items():
+        if s.get("skipped"):
+            lines.append(f"\n{name}: skipped (too small to score): {', '.join(i['image'] for i in s['skipped'])}")
     return "\n".join(lines)
 
 
@@ -422,6 +478,13 @@ def _temperature_plot(summary: Mapping[str, Any], path: Path) -> None:
     fig.savefig(path)
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command-line flags of ``eval.py`` / ``irrm-eval``."""
     parser = argparse.ArgumentParser(
@@ -440,7 +503,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--draws", type=int, default=DEFAULT_DRAWS, help="draws of z per image for T > 0")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--bucket", type=int, help="pad sizes to multiples of this (default: run at each size)")
-    parser.add_argument("--max-images", type=int, help="score at most this many images per set")
+    parser.add_argument("--max-images", type=_positive_int, help="score at most this many images per set")
     parser.add_argument("--no-images", action="store_true", help="do not write LR and reconstruction PNGs")
     parser.add_argument("--no-figures", action="store_true", help="do not draw figures")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -452,6 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.getLogger("absl").setLevel(logging.ERROR)  # orbax/tfds notices about read-only restores etc.
     try:
+        check_unique_names(args.datasets)  # before any slow work
         model, params, name, scale = load_model_and_params(args.checkpoint, args.model, args.scale)
         sets = [open_dataset(s, data_root=args.data_root, data_dir=args.tfds_data_dir) for s in args.datasets]
     except (OSError, ValueError) as e:

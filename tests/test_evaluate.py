@@ -166,3 +166,68 @@ def test_invalid_arguments(tiny, tmp_path):
         ev.evaluate(model, params, {"x": source}, tmp_path, temperatures=[-1.0])
     with pytest.raises(ValueError, match="draws"):
         ev.evaluate(model, params, {"x": source}, tmp_path, draws=0)
+
+
+def test_hr_folders_are_named_after_their_set(tmp_path, images):
+    for set_name in ("Set5", "Set14"):
+        (tmp_path / set_name / "HR").mkdir(parents=True)
+        Image.fromarray(images["a"]).save(tmp_path / set_name / "HR" / "a.png")
+    names = [ev.open_dataset(str(tmp_path / s / "HR"), data_dir=tmp_path / "tfds")[0] for s in ("Set5", "Set14")]
+    assert names == ["Set5", "Set14"]
+    assert ev.dataset_name(str(tmp_path / "Set5" / "hr")) == "Set5"
+    assert ev.dataset_name("set5") == "set5" and ev.dataset_name(str(tmp_path / "Set5")) == "Set5"
+
+
+def test_sets_of_the_same_name_are_refused(tiny, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ValueError, match="'set5' and './Set5' would both be named"):
+        ev.check_unique_names(["set5", "./Set5"])
+    with pytest.raises(ValueError, match="'a/HR' and 'b/a' would both be named 'a'"):
+        ev.check_unique_names(["a/HR", "b/a"])
+    ev.check_unique_names(["a/HR", "b/HR"])
+    # the CLI refuses before loading the checkpoint (which does not exist)
+    assert ev.main(["--checkpoint", "missing", "--datasets", "set5", "./Set5", "--out", "out"]) == 2
+    model, params = tiny
+    source = ArrayImageSource([np.zeros((16, 16, 3), np.uint8)])
+    with pytest.raises(ValueError, match="'x' and 'X'"):
+        ev.evaluate(model, params, [("x", source), ("X", source)], tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_max_images_is_refused_up_front(tiny, tmp_path):
+    model, params = tiny
+    source = ArrayImageSource([np.zeros((16, 16, 3), np.uint8)])
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="max_images"):
+            ev.evaluate(model, params, {"x": source}, tmp_path / "out", max_images=bad, progress=False)
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(SystemExit):
+        ev.build_parser().parse_args(["--checkpoint", "c", "--datasets", "d", "--out", "o", "--max-images", "0"])
+
+
+def test_images_too_small_to_score_are_skipped(tiny, images, tmp_path, caplog):
+    model, params = tiny
+    # scale 2: a side needs >= 6 px (mod-crop, then 2 px shaved per side); 5 -> 4 leaves nothing, 1 < scale
+    small = {"thin": images["a"][:5], "dot": images["a"][:1, :1], "edge": images["a"][:6]}
+    source = ArrayImageSource([images["a"], *small.values()], ["a", *small])
+    with caplog.at_level("WARNING", logger="irrm_jax.evaluate"):
+        summary = ev.evaluate(model, params, {"tiny": source}, tmp_path, temperatures=[0.0], progress=False)
+    assert "'thin' (5x30)" in caplog.text and "'dot' (1x1)" in caplog.text and "edge" not in caplog.text
+    on_disk = json.loads((tmp_path / "summary.json").read_text())["datasets"]["tiny"]
+    assert on_disk["images"] == 2 == summary["datasets"]["tiny"]["images"]
+    assert on_disk["skipped"] == [
+        {"image": "thin", "height": 5, "width": 30},
+        {"image": "dot", "height": 1, "width": 1},
+    ]
+    with (tmp_path / "per_image.csv").open() as f:
+        assert [row["image"] for row in csv.DictReader(f)] == ["a", "edge"]
+    assert "skipped (too small to score): thin, dot" in (tmp_path / "summary.md").read_text()
+    with pytest.raises(ValueError, match="none of its 2 image"):
+        ev.evaluate(
+            model,
+            params,
+            {"small": ArrayImageSource([small["thin"], small["dot"]])},
+            tmp_path / "none",
+            temperatures=[0.0],
+            progress=False,
+        )
