@@ -18,11 +18,13 @@ For users of trained models::
     lr, z = model.apply({"params": params}, hr)
 """
 
+import contextlib
 import json
 import logging
 import os
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -123,10 +125,6 @@ class Checkpointer:
         restored = self._manager.restore(step, args=ocp.args.Composite(**items))
         return restored.state, data_restored
 
-    def wait(self) -> None:
-        """Blocks until every started save is written."""
-        self._manager.wait_until_finished()
-
     def close(self) -> None:
         """Waits for pending saves and releases the manager."""
         self._manager.close()
@@ -195,17 +193,27 @@ def find_checkpoint(path: str | os.PathLike) -> tuple[Path, int]:
     )
 
 
-def _reading_manager(directory: Path) -> ocp.CheckpointManager:
+@contextlib.contextmanager
+def _reading_manager(directory: Path) -> Iterator[ocp.CheckpointManager]:
+    """A manager of ``directory`` for restoring, closed on leaving the ``with`` block."""
     # Not read_only=True, which only adds warnings; a manager that never saves changes nothing on disk.
-    return ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+    manager = ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(create=False))
+    try:
+        yield manager
+    finally:
+        manager.close()
+
+
+def _restore_config(manager: ocp.CheckpointManager, step: int) -> ml_collections.ConfigDict:
+    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+    return ml_collections.ConfigDict(config)
 
 
 def load_config(path: str | os.PathLike) -> ml_collections.ConfigDict:
     """The training config stored in a checkpoint (workdir or step folder, as `find_checkpoint`)."""
     directory, step = find_checkpoint(path)
-    manager = _reading_manager(directory)
-    config = manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
-    return ml_collections.ConfigDict(config)
+    with _reading_manager(directory) as manager:
+        return _restore_config(manager, step)
 
 
 def restore_model(path: str | os.PathLike) -> tuple[InvertibleRescaler, Any, ml_collections.ConfigDict]:
@@ -222,13 +230,13 @@ def restore_model(path: str | os.PathLike) -> tuple[InvertibleRescaler, Any, ml_
       FileNotFoundError: when ``path`` holds no checkpoint.
     """
     directory, step = find_checkpoint(path)
-    config = load_config(directory / str(step))
-    model = model_from_config(config)
-    target = abstract_train_state(
-        model, optimizer_from_config(config), jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    )
-    manager = _reading_manager(directory)
-    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
+    with _reading_manager(directory) as manager:
+        config = _restore_config(manager, step)
+        model = model_from_config(config)
+        target = abstract_train_state(
+            model, optimizer_from_config(config), jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        )
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))).state
     logger.info("Restored %s x%d from %s, step %d.", config.model.name, config.model.scale, directory, step)
     return model, state.params, config
 

@@ -25,7 +25,7 @@ def _flax_to_torch_name(path: tuple[str, ...]) -> str:
     return ".".join([op, *modules[1:], "weight" if leaf == "kernel" else "bias"])
 
 
-def _haar_ops(scale: int, blocks_per_level: tuple[int, ...]) -> dict[int, int]:
+def _haar_ops(blocks_per_level: tuple[int, ...]) -> dict[int, int]:
     """Operation index of each Haar level -> its input channel count (IRN's per-level layout)."""
     index, out = 0, {}
     for level, blocks in enumerate(blocks_per_level):
@@ -44,7 +44,7 @@ def expected_state_dict_shapes(scale: int) -> dict[str, tuple[int, ...]]:
         names = tuple(k.key for k in path)
         shape = leaf.shape if leaf.ndim == 1 else tuple(leaf.shape[i] for i in (3, 2, 0, 1))
         shapes[_flax_to_torch_name(names)] = shape
-    for index, channels in _haar_ops(scale, model.config.blocks_per_level).items():
+    for index, channels in _haar_ops(model.config.blocks_per_level).items():
         shapes[f"operations.{index}.haar_weights"] = (4 * channels, 1, 2, 2)
     return shapes
 

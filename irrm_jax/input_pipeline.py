@@ -380,19 +380,16 @@ class EvalImage:
     index: int
 
 
-def iterate_eval_images(source: ImageSource, *, scale: int, shard_by_process: bool = False) -> Iterator[EvalImage]:
-    """Yields the source's images in order, mod-cropped to a multiple of ``scale``.
+def iterate_eval_images(source: ImageSource, *, scale: int) -> Iterator[EvalImage]:
+    """Yields all of the source's images in order (on every process), mod-cropped to a multiple of ``scale``.
 
     Args:
         source: HR images, e.g. ``datasets.local_source("set5", root=...)``.
         scale: the rescaling factor; H and W are cropped down to multiples of it.
-        shard_by_process: yield only records p, p + P, ... of process p of P (each process then
-            scores its own images; aggregate sums and counts across processes).
     """
     if not isinstance(scale, int) or scale < 1:
         raise ValueError(f"scale must be a positive integer, got {scale!r}.")
-    start, step = (jax.process_index(), jax.process_count()) if shard_by_process else (0, 1)
-    for index in range(start, len(source), step):
+    for index in range(len(source)):
         record = source[index]
         yield EvalImage(
             image=images.mod_crop(record["image"], scale),

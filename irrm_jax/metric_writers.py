@@ -63,12 +63,6 @@ class MetricWriter:
         for name, value in values.items():
             self._tensorboard.add_scalar(f"{split}/{name}", value, global_step=int(step))
 
-    def flush(self) -> None:
-        """Makes everything written so far visible to readers."""
-        if self._active:
-            self._jsonl.flush()
-            self._tensorboard.flush()
-
     def close(self) -> None:
         """Flushes and closes the files."""
         if self._active:

@@ -244,39 +244,65 @@ def _check_finite(step: int, values: dict[str, float], checkpoints: Path, last_s
 
 
 class _MetricLog:
-    """Per-step metrics kept on the device until the next flush, then checked, averaged and written."""
+    """Per-step training metrics: checked at every flush, averaged and written at the log steps.
+
+    A step's values stay on the device until the next `flush`, which checks them (before a validation or a
+    checkpoint too) and keeps them on the host until a flush with ``write`` writes the means over every step since
+    the last write. The step time counts only the time between `restart_clock` (or the last flush) and a flush, so
+    validation and saving, done after a flush and followed by `restart_clock`, are left out.
+    """
 
     def __init__(self, writer: MetricWriter, global_batch_size: int, checkpoints: Path):
         self._writer = writer
         self._batch = global_batch_size
         self._checkpoints = checkpoints
-        self._pending: list[tuple[int, dict[str, jax.Array]]] = []
+        self._pending: list[tuple[int, dict[str, jax.Array]]] = []  # not yet checked, on the device
+        self._values: list[dict[str, float]] = []  # checked, not yet written
         self._since = time.perf_counter()
+        self._untimed = 0  # steps added since _since
+        self._timed = 0  # steps whose time is in _seconds
+        self._seconds = 0.0
+        self._last_step = 0
         self.last_saved: int | None = None
 
     def add(self, step: int, step_metrics: dict[str, jax.Array]) -> None:
         self._pending.append((step, step_metrics))
+        self._untimed += 1
 
-    def restart_clock(self) -> None:
-        """Excludes the time until now (compilation, validation, saving) from the step time."""
+    def restart_clock(self, forget: bool = False) -> None:
+        """Excludes the time from the last flush until now (validation, saving) from the step time.
+
+        With ``forget``, the time measured before is dropped as well (the first step's compilation); the steps'
+        values are kept either way.
+        """
         self._since = time.perf_counter()
+        self._untimed = 0
+        if forget:
+            self._timed, self._seconds = 0, 0.0
 
     def flush(self, write: bool) -> dict[str, float]:
-        """Checks every pending step's values; with ``write``, writes their means. Returns the means."""
-        if not self._pending:
+        """Checks the new steps' values; with ``write``, writes the means since the last write. Returns the means."""
+        now = time.perf_counter()
+        self._seconds += now - self._since
+        self._timed += self._untimed
+        self._since, self._untimed = now, 0
+        if self._pending:
+            fetched = jax.device_get([m for _, m in self._pending])
+            for (step, _), v in zip(self._pending, fetched, strict=True):
+                values = {k: float(x) for k, x in v.items()}
+                _check_finite(step, values, self._checkpoints, self.last_saved)
+                self._values.append(values)
+            self._last_step = self._pending[-1][0]
+            self._pending = []
+        if not self._values:
             return {}
-        values = jax.device_get([m for _, m in self._pending])
-        elapsed = time.perf_counter() - self._since
-        for (step, _), v in zip(self._pending, values, strict=True):
-            _check_finite(step, {k: float(x) for k, x in v.items()}, self._checkpoints, self.last_saved)
-        last_step, count = self._pending[-1][0], len(self._pending)
-        means = {name: float(np.mean([v[name] for v in values])) for name in values[0]}
-        means["step_time_s"] = elapsed / count
-        means["hr_patches_per_s"] = self._batch * count / elapsed
+        means = {name: float(np.mean([v[name] for v in self._values])) for name in self._values[0]}
+        means["step_time_s"] = self._seconds / self._timed if self._timed else math.nan
+        means["hr_patches_per_s"] = self._batch * self._timed / self._seconds if self._seconds > 0 else math.nan
         if write:
-            self._writer.write(last_step, "train", means)
-        self._pending = []
-        self.restart_clock()
+            self._writer.write(self._last_step, "train", means)
+            self._values = []
+            self._timed, self._seconds = 0, 0.0
         return means
 
 
@@ -417,8 +443,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 if save_now:
                     checkpointer.save(step, state, train_iter, config)
                     log.last_saved = step
-                if validate_now or save_now:
-                    log.restart_clock()
+                if first or validate_now or save_now:
+                    log.restart_clock(forget=first)  # the first step's time is mostly compilation
                 if preempted:
                     logger.warning("Preemption notice: saved checkpoint %d and stopping.", step)
                     break

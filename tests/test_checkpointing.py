@@ -9,6 +9,7 @@ import signal
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from configs import test as test_config
@@ -71,6 +72,24 @@ def test_resume_is_exact_keeps_the_newest_and_restores(tmp_path):
     model, params, _ = restore_model(resumed / "checkpoints" / "3")
     lr, z = model.apply({"params": params}, np.zeros((1, 4, 4, 3), np.float32))
     assert lr.shape == (1, 2, 2, 3) and z.shape == (1, 2, 2, 9)
+    # Each read opens one checkpoint manager and closes it again.
+    opened = []
+
+    class SpyManager(ocp.CheckpointManager):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.closed = False
+            opened.append(self)
+
+        def close(self) -> None:
+            self.closed = True
+            super().close()
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ocp, "CheckpointManager", SpyManager)
+        load_config(resumed)
+        restore_model(resumed)
+    assert [manager.closed for manager in opened] == [True, True]
 
 
 @pytest.mark.timeout(300)

@@ -15,6 +15,7 @@ import portpicker
 import pytest
 
 from configs import test as test_config
+from irrm_jax import train
 from irrm_jax.checkpointing import restore_model
 from irrm_jax.train_state import init_train_state, model_from_config, optimizer_from_config
 from irrm_jax.verify import random_nonzero_params
@@ -51,6 +52,66 @@ def flatten(params, prefix: str = "") -> dict[str, np.ndarray]:
         else:
             out[f"{prefix}{name}"] = np.asarray(value)
     return out
+
+
+class _FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _step_metrics(loss: float) -> dict[str, jax.Array]:
+    names = ("loss", "loss_fit", "loss_rec", "loss_ce", "grad_norm")
+    return {name: jax.numpy.float32(loss if name == "loss" else 1.0) for name in names}
+
+
+class _RecordingWriter:
+    def __init__(self):
+        self.records: list[tuple[int, str, dict[str, float]]] = []
+
+    def write(self, step: int, split: str, scalars: dict[str, float]) -> None:
+        self.records.append((step, split, dict(scalars)))
+
+
+def test_metric_log_means_cover_the_whole_interval_and_exclude_validation_time(monkeypatch, tmp_path):
+    clock = _FakeClock()
+    monkeypatch.setattr(train.time, "perf_counter", clock)
+    writer = _RecordingWriter()
+    log = train._MetricLog(writer, global_batch_size=4, checkpoints=tmp_path)
+
+    def step(n: int, loss: float, seconds: float) -> None:
+        clock.now += seconds
+        log.add(n, _step_metrics(loss))
+
+    # The loop of train_and_evaluate with log_every=4 and a checkpoint at step 2.
+    step(1, 10.0, seconds=30.0)  # compilation
+    assert log.flush(write=False)["step_time_s"] == pytest.approx(30.0)
+    log.restart_clock(forget=True)
+    step(2, 2.0, seconds=1.0)
+    log.flush(write=False)  # checked before the checkpoint, not written
+    clock.now += 100.0  # validation and saving
+    log.restart_clock()
+    step(3, 4.0, seconds=1.0)
+    step(4, 12.0, seconds=1.0)
+    means = log.flush(write=True)
+    assert writer.records == [(4, "train", means)]
+    assert means["loss"] == pytest.approx((10 + 2 + 4 + 12) / 4)  # every step since the last write
+    assert means["step_time_s"] == pytest.approx(1.0)  # neither compilation nor validation/saving
+    assert means["hr_patches_per_s"] == pytest.approx(4.0)
+    # The next interval starts empty.
+    step(5, 6.0, seconds=2.0)
+    assert log.flush(write=True)["loss"] == pytest.approx(6.0)
+    assert writer.records[-1][0] == 5 and writer.records[-1][2]["step_time_s"] == pytest.approx(2.0)
+
+
+def test_metric_log_stops_on_non_finite_values_at_a_check(tmp_path):
+    log = train._MetricLog(_RecordingWriter(), global_batch_size=1, checkpoints=tmp_path)
+    log.last_saved = 2
+    log.add(3, _step_metrics(np.nan))
+    with pytest.raises(FloatingPointError, match="step 3.*checkpoint is step 2"):
+        log.flush(write=False)
 
 
 @pytest.fixture(scope="module")
