@@ -9,19 +9,22 @@ Conventions:
 * The LR is quantised as in training (spec 3.6): ``round(255 * clip(LR, 0, 1))``, round half to even, in float32 on
   the device; `upscale` feeds it back as ``LR_uint8 / 255``, exactly the value the training step inverts.
 * z ~ N(0, T^2 I) with T the temperature (spec 3.8; T = 0 gives z = 0). Image ``i`` of a call draws its z from
-  ``jax.random.fold_in(key, i)`` at its padded shape, so a draw does not depend on the other images of the batch.
+  ``jax.random.fold_in(key, i)`` at its padded shape (given one key per image, it draws as if upscaled alone with
+  ``key[i]``: from ``fold_in(key[i], 0)``), so a draw does not depend on the other images or on the batching.
 * Padding: an image is padded at the bottom and right in numpy's ``'reflect'`` mode (mirror without repeating the
   edge pixel) up to a multiple of ``bucket`` (or only of the scale when ``bucket`` is None), and every output is
   cropped back: the LR to ``ceil(H / s) x ceil(W / s)``, the HR to its original size (``hr_size``; default ``s`` times
   the LR size). A given z is padded with zeros (its mean).
-* Shape buckets: one compiled executable per (direction, batch size, padded height, padded width); the batch is
-  padded to a power of two up to ``max_batch``. Images whose padded shapes agree share a batch and an executable,
-  so a folder of photos of slightly different sizes compiles once per bucket (`compile_count` says how often).
+* Shape buckets: one compiled executable per (direction, batch size, padded height, padded width); a batch is
+  padded to the next power of two, or to ``max_batch`` when that is smaller, so no call runs more than ``max_batch``
+  images and the batch sizes compiled are the powers of two below ``max_batch`` and ``max_batch`` itself. Images
+  whose padded shapes agree share a batch and an executable, so a folder of photos of slightly different sizes
+  compiles once per bucket (`compile_count` says how often).
 * Exactness: the networks are fully convolutional, so a bucket's padding changes the pixels near the right and
   bottom borders a little (the network sees mirrored content instead of its zero padding). With ``bucket=None``
   and sizes the scale divides, each image runs at its own size, as in the IRN test protocol; then
-  ``upscale(*downscale(x, quantize=False, return_z=True))`` returns ``x`` to float32 round-off. `irrm_jax.evaluate`
-  uses ``bucket=None``.
+  ``lr, z = r.downscale(x, quantize=False, return_z=True)`` and ``r.upscale(lr, z=z, as_uint8=False)`` return ``x``
+  to float32 round-off. `irrm_jax.evaluate` uses ``bucket=None``.
 """
 
 from __future__ import annotations
@@ -114,7 +117,7 @@ class Rescaler:
       params: its parameter tree (with or without the outer ``{'params': ...}``).
       bucket: pad heights and widths up to a multiple of this (a multiple of the scale) so that images of nearby
         sizes share one compiled executable; None pads only to a multiple of the scale (exact shapes).
-      max_batch: the largest batch run at once.
+      max_batch: the largest batch run at once (smaller batches are padded to a power of two, at most this).
 
     Raises:
       ValueError: for a bucket that is not a positive multiple of the scale, or max_batch < 1.
@@ -177,8 +180,7 @@ class Rescaler:
         s = self.scale
         for shape, indices in _group_by(batch, lambda im: self.padded_size(*im.shape[:2])).items():
             for chunk in _chunks(indices, self.max_batch):
-                x = np.stack([_pad(batch[i], shape, PAD_MODE) for i in chunk])
-                x = _pad_batch(x)
+                x = np.stack([_pad(batch[i], shape, PAD_MODE) for i in _padded_chunk(chunk, self.max_batch)])
                 run = self._executable("down", x.shape, quantize)
                 lr, z = jax.device_get(run(self._variables, x))
                 for j, i in enumerate(chunk):
@@ -202,7 +204,9 @@ class Rescaler:
 
         Args:
           lr: one LR image (h, w, 3), a batch (N, h, w, 3) or a list of any sizes; uint8 (an 8-bit LR) or float.
-          key: PRNG key of the draw (default ``jax.random.key(0)``); image i uses ``fold_in(key, i)``.
+          key: PRNG key of the draw (default ``jax.random.key(0)``); image i uses ``fold_in(key, i)``. An array of N
+            keys (shape (N,), e.g. from ``jax.random.split``) gives image i the z it would get upscaled alone with
+            ``key[i]``, i.e. drawn from ``fold_in(key[i], 0)``.
           temperature: z ~ N(0, temperature^2 I); 0 gives z = 0. Ignored when ``z`` is given.
           z: the latent(s), float (h, w, 3s^2 - 3) per image, in the layout of ``lr``.
           hr_size: the HR (height, width) to crop to, one pair for all images or one per image; each must satisfy
@@ -213,26 +217,29 @@ class Rescaler:
           The HR image(s) in the layout of ``lr``.
 
         Raises:
-          ValueError: for unsupported shapes or dtypes, a z or hr_size that does not fit the LR.
+          ValueError: for unsupported shapes or dtypes, a z or hr_size that does not fit the LR, or a key array
+            whose length is not the number of images.
         """
         batch, layout = _as_image_list(lr, "LR image")
         zs = None if z is None else _as_z_list(z, len(batch), [im.shape[:2] for im in batch], self.z_channels)
         sizes = _hr_sizes(hr_size, [im.shape[:2] for im in batch], self.scale)
-        key = jax.random.key(0) if key is None else key
-        if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # a raw uint32 key from jax.random.PRNGKey
-            key = jax.random.wrap_key_data(key)
+        key = _as_key(key, len(batch))
         outputs: list = [None] * len(batch)
         s = self.scale
         groups = _group_by(batch, lambda im: self.padded_size(s * im.shape[0], s * im.shape[1]))
         for hr_shape, indices in groups.items():
             lr_shape = (hr_shape[0] // s, hr_shape[1] // s)
             for chunk in _chunks(indices, self.max_batch):
-                x = _pad_batch(np.stack([_pad(batch[i], lr_shape, PAD_MODE) for i in chunk]))
+                padded = _padded_chunk(chunk, self.max_batch)
+                x = np.stack([_pad(batch[i], lr_shape, PAD_MODE) for i in padded])
                 if zs is None:
-                    run = self._executable("up_sample", x.shape, False)
-                    hr = run(self._variables, x, key, _pad_indices(chunk), np.float32(temperature))
+                    per_image = key.ndim == 1
+                    keys = key[np.asarray(padded)] if per_image else key  # image i: fold_in(key[i], 0) or (key, i)
+                    positions = np.asarray([0] * len(padded) if per_image else padded, np.uint32)
+                    run = self._executable("up_sample", x.shape, per_image)
+                    hr = run(self._variables, x, keys, positions, np.float32(temperature))
                 else:
-                    zb = _pad_batch(np.stack([_pad(zs[i], lr_shape, "constant") for i in chunk]))
+                    zb = np.stack([_pad(zs[i], lr_shape, "constant") for i in padded])
                     run = self._executable("up_given", x.shape, False)
                     hr = run(self._variables, x, zb)
                 hr = np.asarray(jax.device_get(hr))
@@ -242,8 +249,10 @@ class Rescaler:
                     outputs[i] = to_uint8(out) if as_uint8 else out
         return _restore_layout(outputs, layout)
 
-    def _executable(self, kind: str, shape: tuple[int, ...], quantize: bool):
-        cache_key = (kind, shape, quantize)
+    def _executable(self, kind: str, shape: tuple[int, ...], option: bool):
+        """The compiled ``kind`` for ``shape``; ``option``: quantise ('down') or one key per image ('up_sample')."""
+        cache_key = (kind, shape, option)
+        quantize = per_image = option
         if cache_key not in self._executables:
             model, zc = self.model, self.z_channels
             x_spec = jax.ShapeDtypeStruct(shape, jnp.float32)
@@ -264,18 +273,17 @@ class Rescaler:
                 args = (x_spec, jax.ShapeDtypeStruct(shape[:-1] + (zc,), jnp.float32))
             else:
 
-                def fn(variables, lr, key, indices, temperature):
-                    draw = jax.vmap(lambda i: jax.random.normal(jax.random.fold_in(key, i), lr.shape[1:-1] + (zc,)))
-                    z = temperature * draw(indices)
+                def fn(variables, lr, keys, positions, temperature):
+                    keys = jnp.broadcast_to(keys, positions.shape)
+                    draw = jax.vmap(lambda k, i: jax.random.normal(jax.random.fold_in(k, i), lr.shape[1:-1] + (zc,)))
+                    z = temperature * draw(keys, positions)
                     return model.apply(variables, lr, z, method=model.inverse)
 
-                key_spec = jax.eval_shape(lambda: jax.random.key(0))
-                args = (
-                    x_spec,
-                    key_spec,
-                    jax.ShapeDtypeStruct((shape[0],), jnp.uint32),
-                    jax.ShapeDtypeStruct((), jnp.float32),
+                key_spec = jax.eval_shape(
+                    lambda: jax.random.split(jax.random.key(0), shape[0]) if per_image else jax.random.key(0)
                 )
+                positions_spec = jax.ShapeDtypeStruct((shape[0],), jnp.uint32)
+                args = (x_spec, key_spec, positions_spec, jax.ShapeDtypeStruct((), jnp.float32))
             self._executables[cache_key] = jax.jit(fn).lower(self._variables, *args).compile()
         return self._executables[cache_key]
 
@@ -360,17 +368,25 @@ def _pad(image: np.ndarray, shape: tuple[int, int], mode: str) -> np.ndarray:
     return np.pad(image, pad, mode=mode) if any(p[1] for p in pad) else image
 
 
-def _pad_batch(x: np.ndarray) -> np.ndarray:
-    """Pads the batch (by repeating its last entry) to the next power of two, to bound the number of compilations."""
-    n = x.shape[0]
-    target = 1 << math.ceil(math.log2(n))
-    return np.concatenate([x, np.repeat(x[-1:], target - n, axis=0)]) if target > n else x
+def _padded_chunk(chunk: list[int], max_batch: int) -> list[int]:
+    """The chunk's indices with the last repeated up to the next power of two, capped at ``max_batch``.
 
-
-def _pad_indices(chunk: list[int]) -> np.ndarray:
+    Bounds the batch sizes compiled (powers of two below ``max_batch``, and ``max_batch``) without ever running a
+    batch larger than ``max_batch``.
+    """
     n = len(chunk)
-    target = 1 << math.ceil(math.log2(n))
-    return np.array(chunk + [chunk[-1]] * (target - n), np.uint32)
+    target = max(n, min(1 << (n - 1).bit_length(), max_batch))
+    return chunk + [chunk[-1]] * (target - n)
+
+
+def _as_key(key: jax.Array | None, count: int) -> jax.Array:
+    """A typed PRNG key, shape () (one for all images) or (count,) (one per image)."""
+    key = jax.random.key(0) if key is None else key
+    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # raw uint32 key data from jax.random.PRNGKey
+        key = jax.random.wrap_key_data(key)
+    if key.shape not in ((), (count,)):
+        raise ValueError(f"key must be one PRNG key or one per image ({count}), got key array of shape {key.shape}.")
+    return key
 
 
 def _restore_layout(outputs: list[np.ndarray], layout: str) -> Any:

@@ -9,8 +9,9 @@ output is a PNG named after its input; nothing is overwritten without ``--force`
 scale and the model in text chunks of the LR PNG (`irrm_jax.lr_files`), so `up` restores the original size even
 when the scale did not divide it; an LR without them upscales to ``scale x`` its size. `roundtrip` writes the
 reconstruction and prints its PSNR-Y against the input. Images are padded to a multiple of ``--bucket`` (one
-compilation per bucket; see `irrm_jax.inference`); ``--bucket 0`` runs each image at its own size. Inputs are all
-read and checked before anything is written; problems exit with status 2 and a message naming the file.
+compilation per bucket; see `irrm_jax.inference`); ``--bucket 0`` runs each image at its own size. Input ``i`` of
+the sorted list is upscaled with its own key ``fold_in(key(--seed), i)``, so outputs do not depend on ``--batch``.
+Inputs are all read and checked before anything is written; problems exit with status 2 and a message naming the file.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from irrm_jax import lr_files
 from irrm_jax.images import ImageDecodeError, list_image_files, read_image
-from irrm_jax.inference import DEFAULT_BUCKET, Rescaler, load_model_and_params
+from irrm_jax.inference import DEFAULT_BUCKET, Rescaler, _hr_sizes, load_model_and_params
 from irrm_jax.metrics import psnr_y
 from irrm_jax.models import VARIANTS
 
@@ -100,11 +101,15 @@ def _read_all(command: str, pairs: list[tuple[Path, Path]], scale: int) -> list:
                 lr = lr_files.read_lr_png(path)
                 if lr.scale is not None and lr.scale != scale:
                     problems.append(f"{path} was downscaled at x{lr.scale}, but the model is x{scale}")
+                elif lr.hr_size is not None:
+                    _hr_sizes([lr.hr_size], [lr.pixels.shape[:2]], scale)  # raises if the stored HR size does not fit
                 items.append(lr)
             else:
                 items.append(read_image(path).pixels)
         except ImageDecodeError as e:
             problems.append(str(e))
+        except ValueError as e:
+            problems.append(f"{path}: {e}")
     if problems:
         raise CliError("cannot use these inputs:\n  " + "\n  ".join(problems))
     return items
@@ -128,24 +133,26 @@ def run(args: argparse.Namespace) -> list[dict]:
     except (OSError, ValueError) as e:
         raise CliError(str(e)) from e
     items = _read_all(args.command, pairs, scale)
+    # Input i gets its own key fold_in(key(seed), i) (see Rescaler.upscale), so outputs do not depend on --batch.
     key = jax.random.key(args.seed)
+    keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(np.arange(len(pairs), dtype=np.uint32))
     records = []
     bar = tqdm(total=len(pairs), unit="image", disable=args.quiet)
     for start in range(0, len(pairs), args.batch):
         chunk = list(range(start, min(start + args.batch, len(pairs))))
         batch = [items[i] for i in chunk]
-        chunk_key = jax.random.fold_in(key, start)
+        chunk_keys = keys[start : start + len(chunk)]
         if args.command == "down":
             outputs = rescaler.downscale(batch)
         elif args.command == "up":
             sizes = [lr.hr_size or (scale * lr.pixels.shape[0], scale * lr.pixels.shape[1]) for lr in batch]
             outputs = rescaler.upscale(
-                [lr.pixels for lr in batch], key=chunk_key, temperature=args.temperature, hr_size=sizes
+                [lr.pixels for lr in batch], key=chunk_keys, temperature=args.temperature, hr_size=sizes
             )
         else:
             lrs = rescaler.downscale(batch)
             sizes = [hr.shape[:2] for hr in batch]
-            outputs = rescaler.upscale(lrs, key=chunk_key, temperature=args.temperature, hr_size=sizes)
+            outputs = rescaler.upscale(lrs, key=chunk_keys, temperature=args.temperature, hr_size=sizes)
         for i, out in zip(chunk, outputs, strict=True):
             src, dst = pairs[i]
             dst.parent.mkdir(parents=True, exist_ok=True)

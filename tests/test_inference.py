@@ -1,10 +1,13 @@
 """Tests of the jitted inference API: exact round trips, padding, shape buckets, batches, quantisation, errors."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from irrm_jax import inference
 from irrm_jax.convert import expected_state_dict_shapes
 from irrm_jax.haar import official_haar_weights
 from irrm_jax.inference import Rescaler, load_model_and_params
@@ -116,6 +119,46 @@ def test_batches_and_lists_agree_with_single_images(tiny):
     ups = rescaler.upscale(batch, key=key)
     np.testing.assert_array_equal(ups[0], rescaler.upscale(batch[0], key=key))  # image i draws fold_in(key, i)
     assert not np.array_equal(ups[0], ups[1])
+
+
+def test_max_batch_is_never_exceeded(tiny):
+    model, params = tiny
+    rescaler = Rescaler(model, params, bucket=None, max_batch=5)
+    hrs = _images([(16, 16)] * 7)  # chunks of 5 and 2: batches of 5 (not padded to 8) and 2
+    lrs = rescaler.downscale(hrs)
+    ups = rescaler.upscale(lrs, key=jax.random.key(2))
+    assert sorted(shape[0] for _, shape, _ in rescaler._executables) == [2, 2, 5, 5]
+    rescaler.downscale(hrs[:3])  # 3 images pad to a batch of 4 (< max_batch)
+    assert max(shape[0] for _, shape, _ in rescaler._executables) == 5 and rescaler.compile_count == 5
+    one_by_one = Rescaler(model, params, bucket=None, max_batch=1)
+    np.testing.assert_array_equal(np.stack(lrs), np.stack(one_by_one.downscale(hrs)))
+    np.testing.assert_array_equal(np.stack(ups), np.stack(one_by_one.upscale(lrs, key=jax.random.key(2))))
+
+
+def test_one_key_per_image(tiny):
+    model, params = tiny
+    rescaler = Rescaler(model, params, bucket=None, max_batch=4)
+    lrs = _images([(8, 8)] * 3)
+    keys = jax.random.split(jax.random.key(7), 3)
+    ups = rescaler.upscale(lrs, key=keys)
+    for i in range(3):  # image i draws as if upscaled alone with keys[i]
+        np.testing.assert_array_equal(ups[i], rescaler.upscale(lrs[i], key=keys[i]))
+    assert not np.array_equal(ups[0], ups[1])
+    raw = jax.random.key_data(keys)  # raw uint32 keys work as well
+    np.testing.assert_array_equal(np.stack(ups), np.stack(rescaler.upscale(lrs, key=raw)))
+    with pytest.raises(ValueError, match="one per image"):
+        rescaler.upscale(lrs, key=keys[:2])
+
+
+def test_module_docstring_round_trip_runs(tiny):
+    """The exact round trip the module docstring shows (``lr, z = r.downscale(...)`` then ``r.upscale(...)``)."""
+    statements = re.findall(r"``((?:lr, z = )?r\.(?:down|up)scale\(.*?\))``", inference.__doc__.replace("\n  ", " "))
+    assert len(statements) == 2, statements
+    model, params = tiny
+    namespace = {"r": Rescaler(model, params, bucket=None)}
+    namespace["x"] = x = np.random.default_rng(4).uniform(size=(16, 12, 3)).astype(np.float32)
+    exec(statements[0], namespace)
+    np.testing.assert_allclose(eval(statements[1], namespace), x, atol=2e-5)
 
 
 def test_uint8_and_float_inputs_agree(tiny):

@@ -109,6 +109,35 @@ def test_bad_inputs_give_clear_errors(workdir, photos, tmp_path, capsys):
     assert status == 2 and "x4" in err and "x2" in err
 
 
+def test_noise_depends_on_seed_and_index_not_batch(workdir, tmp_path, capsys):
+    lr_dir = tmp_path / "lr"
+    lr_dir.mkdir()
+    rng = np.random.default_rng(1)
+    for name, size in (("a", (6, 5)), ("b", (6, 5)), ("c", (7, 9)), ("d", (6, 5)), ("e", (6, 5))):
+        Image.fromarray(rng.integers(0, 256, size + (3,), np.uint8)).save(lr_dir / f"{name}.png")
+    outputs = {}
+    for batch in (1, 4):
+        for command, source in (("up", lr_dir), ("roundtrip", lr_dir)):
+            out = tmp_path / f"{command}{batch}"
+            args = (command, source, out, "--checkpoint", workdir, "--seed", 3, "--batch", batch, "--quiet")
+            assert cli(capsys, *args)[0] == 0
+            for f in sorted(out.iterdir()):
+                with Image.open(f) as im:
+                    outputs[command, batch, f.name] = np.asarray(im)
+    for (command, batch, name), image in outputs.items():
+        if batch == 1:
+            np.testing.assert_array_equal(image, outputs[command, 4, name], err_msg=f"{command} {name}")
+    assert not np.array_equal(outputs["up", 1, "a.png"][:12, :10], outputs["up", 1, "b.png"][:12, :10])
+
+
+def test_lr_whose_stored_hr_size_does_not_fit_is_a_clean_error(workdir, tmp_path, capsys):
+    bad = tmp_path / "bad.png"
+    lr_files.save_lr_png(bad, np.zeros((4, 4, 3), np.uint8), hr_size=(30, 8), scale=2, model="irrm_s")
+    status, _, err = cli(capsys, "up", bad, tmp_path / "hr.png", "--checkpoint", workdir)
+    assert status == 2 and "bad.png" in err and "does not fit" in err and "Traceback" not in err
+    assert not (tmp_path / "hr.png").exists()
+
+
 def test_eval_command_line(workdir, photos, tmp_path, capsys):
     out = tmp_path / "eval"
     args = ["--checkpoint", str(workdir), "--datasets", str(photos), "--out", str(out), "--tfds-data-dir"]
