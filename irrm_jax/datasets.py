@@ -162,7 +162,7 @@ class HrImageFolder(tfds.core.GeneratorBasedBuilder):
         files = images.list_image_files(folder)
         _check_unique_names(files)
         entries = {"names": [], "heights": [], "widths": [], "channels_in_source": []}
-        with concurrent.futures.ThreadPoolExecutor(max_workers=_decode_threads()) as pool:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=decode_threads()) as pool:
             for path, (png, decoded) in zip(files, pool.map(_png_record, files), strict=True):
                 h, w = decoded.pixels.shape[:2]
                 entries["names"].append(path.stem)
@@ -212,7 +212,8 @@ def _png_record(path: Path) -> tuple[bytes, images.DecodedImage]:
     return images.encode_png(decoded.pixels), decoded
 
 
-def _decode_threads() -> int:
+def decode_threads() -> int:
+    """Threads for decoding images in parallel: the CPU count, at most 8."""
     return max(1, min(8, os.cpu_count() or 1))
 
 
@@ -309,7 +310,7 @@ class TfdsImageSource(ImageSource):
                 sizes = np.stack([self._metadata["heights"], self._metadata["widths"]], axis=1)
             else:
                 logger.info("Reading the size of each of the %d images of %s.", len(self), self)
-                with concurrent.futures.ThreadPoolExecutor(_decode_threads()) as pool:
+                with concurrent.futures.ThreadPoolExecutor(decode_threads()) as pool:
                     sizes = np.array(list(pool.map(self._read_size, range(len(self)))))
             self._sizes = np.asarray(sizes, dtype=np.int64).reshape(len(self), 2)
         return self._sizes

@@ -42,7 +42,6 @@ import concurrent.futures
 import dataclasses
 import logging
 import math
-import os
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -52,7 +51,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from irrm_jax import images
-from irrm_jax.datasets import ImageSource
+from irrm_jax.datasets import ImageSource, decode_threads
 
 logger = logging.getLogger(__name__)
 
@@ -335,8 +334,7 @@ def _large_enough(source: ImageSource, shard: Sequence[int], patch_size: int) ->
 
 def _decode_shard(source: ImageSource, shard: Sequence[int], patch_size: int) -> _InMemoryImages:
     logger.info("Decoding %d images of %s into memory.", len(shard), source)
-    threads = max(1, min(8, os.cpu_count() or 1))
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
+    with concurrent.futures.ThreadPoolExecutor(decode_threads()) as pool:
         records = list(pool.map(source.__getitem__, shard))
     small = [r["name"] for r in records if min(r["image"].shape[:2]) < patch_size]
     _warn_small(source, small, patch_size)
