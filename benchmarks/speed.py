@@ -10,11 +10,14 @@ L2, Adam, norms for the logs), jitted with buffer donation, data parallel over t
 The round trip is jitted downscale (forward + 8-bit quantisation) then upscale (inverse with z ~ N(0, I)) of
 one `--roundtrip` image.
 
+`--steps-per-call K` runs K steps in one jitted call (`jax.lax.scan` over K batches; step time = call time / K):
+one dispatch from the host instead of K, the lever for models whose step is bound by the host's launches.
+
 Variants (joined with '+'): plain (float32, TF32 convs on NVIDIA as cuDNN's default), bf16 (bfloat16
 sub-networks), pad8 (sub-network channels padded to multiples of 8), fuse (G and H evaluated together),
 outward (each new DenseBlock feature map convolved once into all later convs).
 'plain' is the project's first version; every option is off in it. Prints a Markdown table and writes JSON.
-Timings: median over `--repeats` runs of `--steps` steps each, after a warm-up. Training step: compile time is
+Timings: median over `--repeats` runs of `--steps` calls each, after a warm-up. Training step: compile time is
 tracing, lowering and compiling (ahead of time); step memory is the compiled step's peak device memory per device
 (XLA's buffer assignment, so each row is its own configuration's). Round trip: compile time is the first call.
 """
@@ -27,12 +30,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from irrm_jax.losses import LossConfig, quantize_ste
 from irrm_jax.models import build_model
 from irrm_jax.optimizer import create_optimizer, learning_rate_schedule
-from irrm_jax.parallel import batch_sharded, replicated
+from irrm_jax.parallel import DATA_AXIS, batch_sharded, replicated
 from irrm_jax.train import make_train_step
 from irrm_jax.train_state import create_train_state
 from irrm_jax.verify import random_nonzero_params
@@ -73,7 +76,27 @@ def step_memory_gb(compiled) -> float | None:
     return peak / 2**30 if peak else None
 
 
-def bench_train(spec: str, variant: str, batch: int, patch: int, devices: int, repeats: int, steps: int) -> dict:
+def scanned_steps(step, mesh: Mesh):
+    """``(state, hrs) -> (state, metrics)``: one jitted call running ``step`` over ``hrs`` (K, batch, H, W, 3) with
+    `jax.lax.scan`, so K training steps cost one dispatch from the host instead of K (metrics stacked over K)."""
+    return jax.jit(
+        lambda state, hrs: jax.lax.scan(step, state, hrs),
+        in_shardings=(replicated(mesh), NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
+def bench_train(
+    spec: str,
+    variant: str,
+    batch: int,
+    patch: int,
+    devices: int,
+    repeats: int,
+    steps: int,
+    steps_per_call: int = 1,
+) -> dict:
     if devices > jax.device_count():
         raise ValueError(f"{devices} devices asked for, {jax.device_count()} available")
     model = model_for(spec, variant)
@@ -87,7 +110,11 @@ def bench_train(spec: str, variant: str, batch: int, patch: int, devices: int, r
     )
     global_batch = batch * devices
     hr = np.random.default_rng(0).uniform(size=(global_batch, patch, patch, 3)).astype(np.float32)
-    hr = jax.device_put(hr, batch_sharded(mesh))
+    if steps_per_call > 1:
+        step = scanned_steps(step, mesh)
+        hr = jax.device_put(np.stack([hr] * steps_per_call), NamedSharding(mesh, PartitionSpec(None, DATA_AXIS)))
+    else:
+        hr = jax.device_put(hr, batch_sharded(mesh))
     start = time.perf_counter()
     compiled = step.lower(state, hr).compile()
     compile_s = time.perf_counter() - start
@@ -99,17 +126,18 @@ def bench_train(spec: str, variant: str, batch: int, patch: int, devices: int, r
 
     for _ in range(3):
         one()
-    seconds = timed(one, repeats, steps)
+    seconds = timed(one, repeats, steps) / steps_per_call
     return {
         "model": spec,
         "variant": variant,
         "devices": devices,
         "batch_per_device": batch,
         "patch": patch,
+        "steps_per_call": steps_per_call,
         "step_ms": 1e3 * seconds,
         "patches_per_s": global_batch / seconds,
         "compile_s": compile_s,
-        "final_loss": float(one()),
+        "final_loss": float(np.ravel(one())[-1]),
         "step_memory_gb": step_memory_gb(compiled),
     }
 
@@ -150,6 +178,9 @@ def main() -> None:
     parser.add_argument("--no-train", action="store_true", help="time only the round trip")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument(
+        "--steps-per-call", type=int, default=1, help="training steps per jitted call (lax.scan; step time = call / K)"
+    )
     parser.add_argument("--label", default="", help="appended to the variant name (e.g. the XLA_FLAGS in use)")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
@@ -162,12 +193,15 @@ def main() -> None:
                     r = {"model": spec, "devices": devices, "batch_per_device": batch}
                     if not args.no_train:
                         try:
-                            r = bench_train(spec, variant, batch, args.patch, devices, args.repeats, args.steps)
+                            r = bench_train(
+                                spec, variant, batch, args.patch, devices, args.repeats, args.steps, args.steps_per_call
+                            )
                         except Exception as error:  # jax's runtime error type moved between versions
                             if "RESOURCE_EXHAUSTED" not in str(error):
                                 raise
                             r["out_of_memory"] = True
-                    r["variant"] = variant + (f" ({args.label})" if args.label else "")
+                    r["variant"] = variant + (f", {args.steps_per_call} steps/call" if args.steps_per_call > 1 else "")
+                    r["variant"] += f" ({args.label})" if args.label else ""
                     if args.roundtrip and devices == 1 and i == 0:
                         h, w = (int(v) for v in args.roundtrip.split("x"))
                         r["roundtrip_ms"] = bench_roundtrip(spec, variant, h, w, args.repeats, args.steps)[
