@@ -81,7 +81,7 @@ def latent_sensitivity(model: InvertibleRescaler, params: Any, images: list[np.n
     Returns:
       ``{case: mean PSNR-Y in dB}`` and ``'z_rms'``, the root mean square of the forward's z over the images.
     """
-    from irrm_jax.metrics import psnr_y  # the evaluation's metric
+    from irrm_jax.metrics import psnr_y, to_uint8  # the evaluation's metric and 8-bit conversion
 
     variables = {"params": params}
     forward = jax.jit(lambda x: model.apply(variables, x))
@@ -94,10 +94,9 @@ def latent_sensitivity(model: InvertibleRescaler, params: Any, images: list[np.n
         y8 = jnp.round(jnp.clip(y, 0.0, 1.0) * 255.0) / 255.0
         noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), i), z.shape)
         inputs = (y8, z), (y8, jnp.zeros_like(z)), (y8, noise), (y, z + 0.01 * noise)
-        hr = np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)
+        hr = to_uint8(image)
         for case, (y_in, z_in) in zip(SENSITIVITY_CASES, inputs, strict=True):
-            out = np.round(np.clip(np.asarray(inverse(y_in, z_in))[0], 0.0, 1.0) * 255.0).astype(np.uint8)
-            scores[case].append(psnr_y(out, hr, model.config.scale))
+            scores[case].append(psnr_y(to_uint8(np.asarray(inverse(y_in, z_in))[0]), hr, model.config.scale))
         squares, count = squares + float(jnp.sum(jnp.square(z))), count + z.size
     return {case: float(np.mean(v)) for case, v in scores.items()} | {"z_rms": (squares / count) ** 0.5}
 
