@@ -222,7 +222,7 @@ class Rescaler:
         """
         batch, layout = _as_image_list(lr, "LR image")
         zs = None if z is None else _as_z_list(z, len(batch), [im.shape[:2] for im in batch], self.z_channels)
-        sizes = _hr_sizes(hr_size, [im.shape[:2] for im in batch], self.scale)
+        sizes = hr_sizes(hr_size, [im.shape[:2] for im in batch], self.scale)
         key = _as_key(key, len(batch))
         outputs: list = [None] * len(batch)
         s = self.scale
@@ -337,7 +337,12 @@ def _as_z_list(z: ImageInput, count: int, lr_sizes: list[tuple[int, int]], chann
     return out
 
 
-def _hr_sizes(hr_size: Any, lr_sizes: list[tuple[int, int]], scale: int) -> list[tuple[int, int]]:
+def hr_sizes(hr_size: Any, lr_sizes: list[tuple[int, int]], scale: int) -> list[tuple[int, int]]:
+    """The HR size of each LR: ``hr_size`` (one pair, or one per LR) or ``scale`` times the LR size.
+
+    Raises:
+      ValueError: for a count that does not match, or a size outside ``(scale * (n - 1), scale * n]``.
+    """
     if hr_size is None:
         return [(scale * h, scale * w) for h, w in lr_sizes]
     sizes = [tuple(hr_size)] * len(lr_sizes) if np.ndim(hr_size) == 1 else [tuple(s) for s in hr_size]

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from irrm_jax import lr_files
 from irrm_jax.images import ImageDecodeError, list_image_files, read_image
-from irrm_jax.inference import DEFAULT_BUCKET, Rescaler, _hr_sizes, load_model_and_params
+from irrm_jax.inference import DEFAULT_BUCKET, Rescaler, hr_sizes, load_model_and_params
 from irrm_jax.metrics import psnr_y
 from irrm_jax.models import VARIANTS
 
@@ -102,7 +102,7 @@ def _read_all(command: str, pairs: list[tuple[Path, Path]], scale: int) -> list:
                 if lr.scale is not None and lr.scale != scale:
                     problems.append(f"{path} was downscaled at x{lr.scale}, but the model is x{scale}")
                 elif lr.hr_size is not None:
-                    _hr_sizes([lr.hr_size], [lr.pixels.shape[:2]], scale)  # raises if the stored HR size does not fit
+                    hr_sizes([lr.hr_size], [lr.pixels.shape[:2]], scale)  # raises if the stored HR size does not fit
                 items.append(lr)
             else:
                 items.append(read_image(path).pixels)
