@@ -76,12 +76,17 @@ def step_memory_gb(compiled) -> float | None:
     return peak / 2**30 if peak else None
 
 
+def stacked_batches_sharded(mesh: Mesh) -> NamedSharding:
+    """The sharding of K stacked global batches (K, batch, H, W, 3): the batch axis split over ``'data'``."""
+    return NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
+
+
 def scanned_steps(step, mesh: Mesh):
     """``(state, hrs) -> (state, metrics)``: one jitted call running ``step`` over ``hrs`` (K, batch, H, W, 3) with
     `jax.lax.scan`, so K training steps cost one dispatch from the host instead of K (metrics stacked over K)."""
     return jax.jit(
         lambda state, hrs: jax.lax.scan(step, state, hrs),
-        in_shardings=(replicated(mesh), NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))),
+        in_shardings=(replicated(mesh), stacked_batches_sharded(mesh)),
         out_shardings=(replicated(mesh), replicated(mesh)),
         donate_argnums=0,
     )
@@ -112,7 +117,7 @@ def bench_train(
     hr = np.random.default_rng(0).uniform(size=(global_batch, patch, patch, 3)).astype(np.float32)
     if steps_per_call > 1:
         step = scanned_steps(step, mesh)
-        hr = jax.device_put(np.stack([hr] * steps_per_call), NamedSharding(mesh, PartitionSpec(None, DATA_AXIS)))
+        hr = jax.device_put(np.stack([hr] * steps_per_call), stacked_batches_sharded(mesh))
     else:
         hr = jax.device_put(hr, batch_sharded(mesh))
     start = time.perf_counter()
