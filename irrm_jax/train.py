@@ -259,7 +259,6 @@ class _MetricLog:
         self._pending: list[tuple[int, dict[str, jax.Array]]] = []  # not yet checked, on the device
         self._values: list[dict[str, float]] = []  # checked, not yet written
         self._since = time.perf_counter()
-        self._untimed = 0  # steps added since _since
         self._timed = 0  # steps whose time is in _seconds
         self._seconds = 0.0
         self._last_step = 0
@@ -267,16 +266,14 @@ class _MetricLog:
 
     def add(self, step: int, step_metrics: dict[str, jax.Array]) -> None:
         self._pending.append((step, step_metrics))
-        self._untimed += 1
 
     def restart_clock(self, forget: bool = False) -> None:
         """Excludes the time from the last flush until now (validation, saving) from the step time.
 
-        With ``forget``, the time measured before is dropped as well (the first step's compilation); the steps'
-        values are kept either way.
+        Called right after a flush. With ``forget``, the time measured before is dropped as well (the first step's
+        compilation); the steps' values are kept either way.
         """
         self._since = time.perf_counter()
-        self._untimed = 0
         if forget:
             self._timed, self._seconds = 0, 0.0
 
@@ -284,8 +281,8 @@ class _MetricLog:
         """Checks the new steps' values; with ``write``, writes the means since the last write. Returns the means."""
         now = time.perf_counter()
         self._seconds += now - self._since
-        self._timed += self._untimed
-        self._since, self._untimed = now, 0
+        self._timed += len(self._pending)  # the steps since the last flush: their time is now - _since
+        self._since = now
         if self._pending:
             fetched = jax.device_get([m for _, m in self._pending])
             for (step, _), v in zip(self._pending, fetched, strict=True):
