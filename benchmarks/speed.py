@@ -10,8 +10,8 @@ L2, Adam, norms for the logs), jitted with buffer donation, data parallel over t
 The round trip is jitted downscale (forward + 8-bit quantisation) then upscale (inverse with z ~ N(0, I)) of
 one `--roundtrip` image.
 
-`--steps-per-call K` runs K steps in one jitted call (`jax.lax.scan` over K batches; step time = call time / K):
-one dispatch from the host instead of K, the lever for models whose step is bound by the host's launches.
+`--steps-per-call K` runs K steps in one jitted call (`irrm_jax.train.make_multi_step`, as the loop does with
+`train.steps_per_call`; step time = call time / K): one dispatch from the host instead of K.
 
 Variants (joined with '+'): plain (float32, TF32 convs on NVIDIA as cuDNN's default), bf16 (bfloat16
 sub-networks), pad8 (sub-network channels padded to multiples of 8), fuse (G and H evaluated together),
@@ -30,13 +30,13 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from irrm_jax.losses import LossConfig, quantize_ste
 from irrm_jax.models import build_model
 from irrm_jax.optimizer import create_optimizer, learning_rate_schedule
-from irrm_jax.parallel import DATA_AXIS, batch_sharded, replicated
-from irrm_jax.train import make_train_step
+from irrm_jax.parallel import batch_sharded, replicated, stacked_batches_sharded
+from irrm_jax.train import make_multi_step, make_train_step
 from irrm_jax.train_state import create_train_state
 from irrm_jax.verify import random_nonzero_params
 
@@ -76,22 +76,6 @@ def step_memory_gb(compiled) -> float | None:
     return peak / 2**30 if peak else None
 
 
-def stacked_batches_sharded(mesh: Mesh) -> NamedSharding:
-    """The sharding of K stacked global batches (K, batch, H, W, 3): the batch axis split over ``'data'``."""
-    return NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))
-
-
-def scanned_steps(step, mesh: Mesh):
-    """``(state, hrs) -> (state, metrics)``: one jitted call running ``step`` over ``hrs`` (K, batch, H, W, 3) with
-    `jax.lax.scan`, so K training steps cost one dispatch from the host instead of K (metrics stacked over K)."""
-    return jax.jit(
-        lambda state, hrs: jax.lax.scan(step, state, hrs),
-        in_shardings=(replicated(mesh), stacked_batches_sharded(mesh)),
-        out_shardings=(replicated(mesh), replicated(mesh)),
-        donate_argnums=0,
-    )
-
-
 def bench_train(
     spec: str,
     variant: str,
@@ -116,7 +100,7 @@ def bench_train(
     global_batch = batch * devices
     hr = np.random.default_rng(0).uniform(size=(global_batch, patch, patch, 3)).astype(np.float32)
     if steps_per_call > 1:
-        step = scanned_steps(step, mesh)
+        step = make_multi_step(step, mesh)
         hr = jax.device_put(np.stack([hr] * steps_per_call), stacked_batches_sharded(mesh))
     else:
         hr = jax.device_put(hr, batch_sharded(mesh))

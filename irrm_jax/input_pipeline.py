@@ -284,6 +284,17 @@ def to_global_batch(batch: Any, mesh: Mesh, *, axis: str = DATA_AXIS) -> Any:
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
+def to_global_batches(batches: Sequence[Any], mesh: Mesh, *, axis: str = DATA_AXIS) -> Any:
+    """Stacks K local batches (pytrees as in `to_global_batch`) into global arrays (K, global batch, ...).
+
+    The batch axis (axis 1) is split over ``axis``, as `irrm_jax.train.make_multi_step` expects.
+    """
+    if axis not in mesh.axis_names:
+        raise ValueError(f"Mesh axes {mesh.axis_names} have no axis {axis!r}.")
+    sharding = NamedSharding(mesh, PartitionSpec(None, axis))
+    return jax.tree.map(lambda *xs: jax.make_array_from_process_local_data(sharding, np.stack(xs)), *batches)
+
+
 def _local_batch_size(global_batch_size: int, process_count: int, mesh: Mesh | None) -> int:
     if not isinstance(global_batch_size, int) or global_batch_size < 1:
         raise ValueError(f"global_batch_size must be a positive integer, got {global_batch_size!r}.")

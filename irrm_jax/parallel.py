@@ -60,3 +60,8 @@ def replicated(mesh: Mesh) -> NamedSharding:
 def batch_sharded(mesh: Mesh) -> NamedSharding:
     """The sharding of a global batch: its leading axis split over ``'data'``."""
     return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def stacked_batches_sharded(mesh: Mesh) -> NamedSharding:
+    """The sharding of K stacked global batches (K, batch, ...): the batch axis split over ``'data'``."""
+    return NamedSharding(mesh, PartitionSpec(None, DATA_AXIS))

@@ -6,7 +6,9 @@
 One step (`make_train_step`) is a single `jax.jit` over a one-axis device mesh: the state is replicated, the
 global batch is split over the ``'data'`` axis, and the batch mean of the loss makes XLA all-reduce the
 gradients, so any number of devices and processes computes the same update as one device. Each step draws its
-z' from ``fold_in(base_key, step)``, so a resumed run reproduces the uninterrupted one exactly.
+z' from ``fold_in(base_key, step)``, so a resumed run reproduces the uninterrupted one exactly. With
+``train.steps_per_call`` K > 1, K steps run in one jitted call (`make_multi_step`, a `jax.lax.scan`): the same
+updates, one dispatch from the host instead of K.
 
 Every ``log_every`` steps the loop writes the mean of each loss term, gradient/parameter/update norms, the
 learning rate, the step time and HR patches/s; every ``eval_every`` steps the validation PSNRs (see `validate`).
@@ -20,7 +22,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,7 @@ from irrm_jax.input_pipeline import EvalImage
 from irrm_jax.losses import LossConfig, rescaling_loss
 from irrm_jax.metric_writers import MetricWriter
 from irrm_jax.models import InvertibleRescaler
-from irrm_jax.parallel import batch_sharded, make_data_mesh, replicated
+from irrm_jax.parallel import batch_sharded, make_data_mesh, replicated, stacked_batches_sharded
 from irrm_jax.resize import bicubic_downscale
 from irrm_jax.train_state import (
     TrainState,
@@ -176,6 +178,21 @@ def make_train_step(
     return jitted
 
 
+def make_multi_step(step: StepFn, mesh: jax.sharding.Mesh) -> StepFn:
+    """``step`` K times in one jitted call: ``(state, hrs (K, N, H, W, 3)) -> (state, metrics stacked over K)``.
+
+    A `jax.lax.scan` over the K batches, so K updates cost one dispatch from the host instead of K (the lever for
+    models whose step is bound by kernel launches; benchmarks/NOTES.md). The same updates as K calls of ``step``.
+    The state's buffers are donated.
+    """
+    return jax.jit(
+        lambda state, hrs: jax.lax.scan(step, state, hrs),
+        in_shardings=(replicated(mesh), stacked_batches_sharded(mesh)),
+        out_shardings=(replicated(mesh), replicated(mesh)),
+        donate_argnums=0,
+    )
+
+
 def make_validation_fn(model: InvertibleRescaler) -> Callable[[Any, jax.Array, jax.Array], tuple[jax.Array, ...]]:
     """Jitted ``(params, hr (1, H, W, 3), key) -> (quantised LR, reconstruction with z ~ N(0, I), bicubic LR)``."""
 
@@ -256,7 +273,7 @@ class _MetricLog:
         self._writer = writer
         self._batch = global_batch_size
         self._checkpoints = checkpoints
-        self._pending: list[tuple[int, dict[str, jax.Array]]] = []  # not yet checked, on the device
+        self._pending: list[tuple[range, dict[str, jax.Array]]] = []  # not yet checked, on the device
         self._values: list[dict[str, float]] = []  # checked, not yet written
         self._since = time.perf_counter()
         self._timed = 0  # steps whose time is in _seconds
@@ -264,8 +281,9 @@ class _MetricLog:
         self._last_step = 0
         self.last_saved: int | None = None
 
-    def add(self, step: int, step_metrics: dict[str, jax.Array]) -> None:
-        self._pending.append((step, step_metrics))
+    def add(self, steps: range, step_metrics: dict[str, jax.Array]) -> None:
+        """The metrics of ``steps``: scalars for one step, or stacked along a leading axis (a row a step)."""
+        self._pending.append((steps, step_metrics))
 
     def restart_clock(self, forget: bool = False) -> None:
         """Excludes the time from the last flush until now (validation, saving) from the step time.
@@ -281,15 +299,17 @@ class _MetricLog:
         """Checks the new steps' values; with ``write``, writes the means since the last write. Returns the means."""
         now = time.perf_counter()
         self._seconds += now - self._since
-        self._timed += len(self._pending)  # the steps since the last flush: their time is now - _since
+        self._timed += sum(len(steps) for steps, _ in self._pending)  # their time is now - _since
         self._since = now
         if self._pending:
             fetched = jax.device_get([m for _, m in self._pending])
-            for (step, _), v in zip(self._pending, fetched, strict=True):
-                values = {k: float(x) for k, x in v.items()}
-                _check_finite(step, values, self._checkpoints, self.last_saved)
-                self._values.append(values)
-            self._last_step = self._pending[-1][0]
+            for (steps, _), v in zip(self._pending, fetched, strict=True):
+                rows = {k: np.reshape(x, len(steps)) for k, x in v.items()}
+                for i, step in enumerate(steps):
+                    values = {k: float(row[i]) for k, row in rows.items()}
+                    _check_finite(step, values, self._checkpoints, self.last_saved)
+                    self._values.append(values)
+            self._last_step = self._pending[-1][0][-1]
             self._pending = []
         if not self._values:
             return {}
@@ -304,20 +324,21 @@ class _MetricLog:
 
 
 class _StepProfiler:
-    """Traces steps ``first .. first + count - 1`` of process 0 with `jax.profiler` (Perfetto and XPlane files)."""
+    """Traces the calls holding steps ``first .. first + count - 1`` of process 0 with `jax.profiler` (Perfetto and
+    XPlane files)."""
 
     def __init__(self, directory: Path, first: int, count: int):
         self._directory, self._first, self._last = directory, first, first + count - 1
         self._enabled = count > 0 and jax.process_index() == 0
         self._active = False
 
-    def before(self, step: int) -> None:
-        if self._enabled and step == self._first:
+    def before(self, steps: range) -> None:
+        if self._enabled and self._first in steps:
             jax.profiler.start_trace(str(self._directory), create_perfetto_trace=True)
             self._active = True
 
-    def after(self, step: int, state: TrainState) -> None:
-        if self._active and step >= self._last:
+    def after(self, steps: range, state: TrainState) -> None:
+        if self._active and steps[-1] >= self._last:
             jax.block_until_ready(state)
             self.stop()
 
@@ -332,6 +353,15 @@ class _StepProfiler:
             jax.profiler.stop_trace()
             self._active = False
             logger.info("Profile of steps %d-%d written to %s.", self._first, self._last, self._directory)
+
+
+def _calls(start: int, num_steps: int, steps_per_call: int) -> Iterator[range]:
+    """The steps of each call after ``start`` updates: calls end at multiples of ``steps_per_call`` and at
+    ``num_steps`` (so a resumed run's calls line up with an uninterrupted run's)."""
+    while start < num_steps:
+        end = min((start // steps_per_call + 1) * steps_per_call, num_steps)
+        yield range(start + 1, end + 1)
+        start = end
 
 
 def _open_train_iterator(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, seed: int):
@@ -368,9 +398,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     """
     workdir = Path(workdir)
     tc = config.train
-    for name in ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints"):
+    for name in ("num_steps", "log_every", "eval_every", "checkpoint_every", "keep_checkpoints", "steps_per_call"):
         if not isinstance(tc[name], int) or tc[name] < 1:
             raise ValueError(f"train.{name} must be a positive integer, got {tc[name]!r}.")
+    for name in ("log_every", "eval_every", "checkpoint_every"):  # so that each falls at the end of a call
+        if tc[name] % tc.steps_per_call:
+            k = tc.steps_per_call
+            raise ValueError(f"train.{name} ({tc[name]}) must be a multiple of train.steps_per_call ({k}).")
     mesh = make_data_mesh()
     model = model_from_config(config)
     optimizer = optimizer_from_config(config)
@@ -405,6 +439,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         if jax.process_index() == 0:
             (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
         train_step = make_train_step(model, optimizer, schedule_from_config(config), loss_config, mesh)
+        multi_step = make_multi_step(train_step, mesh)
         validation_images = load_validation_images(config)
         run_validation = make_validation_fn(model)
         validation_key = jax.random.key(tc.seed + 2)
@@ -416,23 +451,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             tqdm(total=tc.num_steps, initial=start, disable=not show_bar, unit="step") as bar,
             _StepProfiler(workdir / "profile", start + 11, tc.profile_steps) as profiler,
         ):
-            for step in range(start + 1, tc.num_steps + 1):  # step: updates done once this one is
-                profiler.before(step)
-                hr = input_pipeline.to_global_batch(next(train_iter)["hr"], mesh)
-                state, step_metrics = train_step(state, hr)
-                log.add(step, step_metrics)
-                profiler.after(step, state)
-                bar.update()
+            for steps in _calls(start, tc.num_steps, tc.steps_per_call):
+                step = steps[-1]  # updates done once this call is
+                profiler.before(steps)
+                batches = [next(train_iter)["hr"] for _ in steps]
+                if tc.steps_per_call == 1:
+                    state, step_metrics = train_step(state, input_pipeline.to_global_batch(batches[0], mesh))
+                else:
+                    state, step_metrics = multi_step(state, input_pipeline.to_global_batches(batches, mesh))
+                log.add(steps, step_metrics)
+                profiler.after(steps, state)
+                bar.update(len(steps))
                 preempted = preemption.reached(step)
                 last = step == tc.num_steps or preempted
                 validate_now = bool(validation_images) and (step % tc.eval_every == 0 or last)
                 save_now = step % tc.checkpoint_every == 0 or last
-                first = step == start + 1  # its time includes compilation
+                first = steps[0] == start + 1  # its time includes compilation
                 if first or step % tc.log_every == 0 or validate_now or save_now:
                     means = log.flush(write=step % tc.log_every == 0 or last)
                     bar.set_postfix(loss=f"{means['loss']:.4g}", refresh=False)
                     if first:
-                        logger.info("First step (with compilation): %.1f s.", means["step_time_s"])
+                        seconds = means["step_time_s"] * len(steps)
+                        logger.info("First call, %d step(s) (with compilation): %.1f s.", len(steps), seconds)
                 if validate_now:
                     params = jax.tree.map(lambda a: a.addressable_data(0), state.params)
                     results = validate(run_validation, params, validation_images, scale, validation_key)

@@ -9,15 +9,21 @@ import json
 import subprocess
 from pathlib import Path
 
+import chex
 import jax
 import numpy as np
 import portpicker
 import pytest
+from jax.sharding import Mesh
 
 from configs import test as test_config
 from irrm_jax import train
 from irrm_jax.checkpointing import restore_model
-from irrm_jax.train_state import init_train_state, model_from_config, optimizer_from_config
+from irrm_jax.losses import LossConfig
+from irrm_jax.models import build_model
+from irrm_jax.optimizer import create_optimizer, learning_rate_schedule
+from irrm_jax.parallel import replicated
+from irrm_jax.train_state import create_train_state, init_train_state, model_from_config, optimizer_from_config
 from irrm_jax.verify import random_nonzero_params
 from tests.subprocesses import start_python, wait_ok
 
@@ -83,7 +89,7 @@ def test_metric_log_means_cover_the_whole_interval_and_exclude_validation_time(m
 
     def step(n: int, loss: float, seconds: float) -> None:
         clock.now += seconds
-        log.add(n, _step_metrics(loss))
+        log.add(range(n, n + 1), _step_metrics(loss))
 
     # The loop of train_and_evaluate with log_every=4 and a checkpoint at step 2.
     step(1, 10.0, seconds=30.0)  # compilation
@@ -109,7 +115,7 @@ def test_metric_log_means_cover_the_whole_interval_and_exclude_validation_time(m
 def test_metric_log_stops_on_non_finite_values_at_a_check(tmp_path):
     log = train._MetricLog(_RecordingWriter(), global_batch_size=1, checkpoints=tmp_path)
     log.last_saved = 2
-    log.add(3, _step_metrics(np.nan))
+    log.add(range(3, 4), _step_metrics(np.nan))
     with pytest.raises(FloatingPointError, match="step 3.*checkpoint is step 2"):
         log.flush(write=False)
 
@@ -170,3 +176,58 @@ def test_two_processes_match_one_process_and_train(tmp_path, four_device_steps):
     assert [(r["step"], r["split"]) for r in records] == [(1, "train"), (2, "train"), (2, "validation")]
     _, params, _ = restore_model(workdir)
     assert all(np.isfinite(np.asarray(leaf)).all() for leaf in jax.tree.leaves(params))
+
+
+def test_multi_step_equals_the_same_steps_called_one_by_one():
+    model = build_model("irrm_s", 2, blocks_per_level=(1,), nf=8)
+    mesh = Mesh(np.array(jax.devices()[:1]), ("data",))
+    optimizer = create_optimizer()
+    step = train.make_train_step(model, optimizer, learning_rate_schedule(1e-3, (100,), 0.5), LossConfig(4.0), mesh)
+    hrs = np.random.default_rng(0).uniform(size=(3, 2, 16, 16, 3)).astype(np.float32)  # 3 different batches
+    state = create_train_state(model, optimizer, 0, replicated(mesh))
+    one_by_one, losses = state, []
+    for hr in hrs:
+        one_by_one, metrics = step(one_by_one, hr)
+        losses.append(float(metrics["loss"]))
+    state = create_train_state(model, optimizer, 0, replicated(mesh))  # the first one was donated
+    scanned, metrics = train.make_multi_step(step, mesh)(state, hrs)
+    np.testing.assert_allclose(np.asarray(metrics["loss"]), losses, rtol=1e-6)
+    chex.assert_trees_all_close(scanned.params, one_by_one.params, rtol=1e-5, atol=1e-7)
+    assert int(scanned.step) == int(one_by_one.step) == 3
+
+
+def test_calls_end_at_multiples_of_steps_per_call_and_at_the_last_step():
+    assert list(train._calls(0, 5, 1)) == [range(1, 2), range(2, 3), range(3, 4), range(4, 5), range(5, 6)]
+    assert list(train._calls(0, 5, 2)) == [range(1, 3), range(3, 5), range(5, 6)]
+    assert list(train._calls(3, 10, 4)) == [range(4, 5), range(5, 9), range(9, 11)]  # resumed at step 3
+    assert list(train._calls(8, 8, 4)) == []
+
+
+def _run_in_process(workdir: Path, **train_overrides) -> dict[str, np.ndarray]:
+    config = test_config.get_config()
+    config.data.validation = ""
+    config.train.update(train_overrides)
+    return flatten(train.train_and_evaluate(config, workdir).params)
+
+
+@pytest.mark.timeout(300)
+def test_steps_per_call_trains_the_same_run(tmp_path):
+    intervals = dict(num_steps=5, log_every=2, checkpoint_every=2)
+    one_by_one = _run_in_process(tmp_path / "k1", steps_per_call=1, **intervals)
+    two_per_call = _run_in_process(tmp_path / "k2", steps_per_call=2, **intervals)  # calls: 1-2, 3-4, 5
+    assert_params_close(two_per_call, one_by_one, atol=1e-6)
+
+    def logged(workdir):
+        records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+        return [(r["step"], r["loss"], r["grad_norm"]) for r in records if r["split"] == "train"]
+
+    expected = logged(tmp_path / "k1")
+    assert [s for s, *_ in expected] == [2, 4, 5]
+    for (step, loss, grad_norm), (step_k, loss_k, grad_norm_k) in zip(expected, logged(tmp_path / "k2"), strict=True):
+        assert step_k == step and loss_k == pytest.approx(loss, rel=1e-5) and grad_norm_k == pytest.approx(grad_norm)
+    assert sorted(p.name for p in (tmp_path / "k2" / "checkpoints").iterdir()) == ["4", "5"]
+
+
+def test_intervals_must_be_multiples_of_steps_per_call(tmp_path):
+    with pytest.raises(ValueError, match=r"train.log_every \(3\) must be a multiple of train.steps_per_call \(2\)"):
+        _run_in_process(tmp_path, steps_per_call=2, log_every=3)
