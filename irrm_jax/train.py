@@ -297,11 +297,7 @@ class _MetricLog:
 
     def flush(self, write: bool) -> dict[str, float]:
         """Checks the new steps' values; with ``write``, writes the means since the last write. Returns the means."""
-        now = time.perf_counter()
-        self._seconds += now - self._since
-        self._timed += sum(len(steps) for steps, _ in self._pending)  # their time is now - _since
-        self._since = now
-        if self._pending:
+        if self._pending:  # fetching waits for the steps to finish, so that their time below is complete
             fetched = jax.device_get([m for _, m in self._pending])
             for (steps, _), v in zip(self._pending, fetched, strict=True):
                 rows = {k: np.reshape(x, len(steps)) for k, x in v.items()}
@@ -310,7 +306,11 @@ class _MetricLog:
                     _check_finite(step, values, self._checkpoints, self.last_saved)
                     self._values.append(values)
             self._last_step = self._pending[-1][0][-1]
+            self._timed += sum(len(steps) for steps, _ in self._pending)  # their time is now - _since
             self._pending = []
+        now = time.perf_counter()
+        self._seconds += now - self._since
+        self._since = now
         if not self._values:
             return {}
         means = {name: float(np.mean([v[name] for v in self._values])) for name in self._values[0]}

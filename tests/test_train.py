@@ -112,6 +112,26 @@ def test_metric_log_means_cover_the_whole_interval_and_exclude_validation_time(m
     assert writer.records[-1][0] == 5 and writer.records[-1][2]["step_time_s"] == pytest.approx(2.0)
 
 
+def test_metric_log_times_steps_until_their_values_are_ready(monkeypatch, tmp_path):
+    # Steps run asynchronously: a call of 10 steps returns at once and its time passes while its values are
+    # fetched. The step time must include it (it used to be read before the fetch: 0 s a step here).
+    clock = _FakeClock()
+    monkeypatch.setattr(train.time, "perf_counter", clock)
+    device_get = jax.device_get
+
+    def slow_device_get(tree):
+        clock.now += 5.0
+        return device_get(tree)
+
+    monkeypatch.setattr(jax, "device_get", slow_device_get)
+    log = train._MetricLog(_RecordingWriter(), global_batch_size=2, checkpoints=tmp_path)
+    values = {name: np.ones(10, np.float32) for name in ("loss_fit", "loss_rec", "loss_ce", "grad_norm")}
+    log.add(range(1, 11), dict(values, loss=np.arange(10, dtype=np.float32)))
+    means = log.flush(write=True)
+    assert means["step_time_s"] == pytest.approx(0.5) and means["hr_patches_per_s"] == pytest.approx(4.0)
+    assert means["loss"] == pytest.approx(4.5)  # the stacked values of the ten steps
+
+
 def test_metric_log_stops_on_non_finite_values_at_a_check(tmp_path):
     log = train._MetricLog(_RecordingWriter(), global_batch_size=1, checkpoints=tmp_path)
     log.last_saved = 2
