@@ -92,8 +92,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.train.checkpoint_every = 5_000  # steps between checkpoints (and at the end and on SIGTERM)
     config.train.keep_checkpoints = 3  # newest checkpoints kept
     config.train.progress_bar = True  # tqdm bar on the first process
-    # >1: that many steps in one jitted call (lax.scan; same updates, one host dispatch instead of K). 8 made the step
-    # 11% (IRN x4) to 18% (IRRM-S x4) faster on an H100 (benchmarks/NOTES.md). The three intervals above must be
+    # >1: that many steps in one jitted call (lax.scan; same updates, one host dispatch instead of K). On an H100, 10
+    # made IRN x4's loop 5% faster and IRRM-S x4's no faster (README, Performance). The intervals above must be
     # multiples of it.
     config.train.steps_per_call = 1
     config.train.profile_steps = 0  # >0: jax.profiler trace of this many steps (from the 11th) in workdir/profile
