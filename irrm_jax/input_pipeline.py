@@ -278,10 +278,7 @@ def to_global_batch(batch: Any, mesh: Mesh, *, axis: str = DATA_AXIS) -> Any:
         The same pytree of ``jax.Array`` s with leading axis ``process_count * local batch``,
         sharded as ``NamedSharding(mesh, PartitionSpec(axis))``.
     """
-    if axis not in mesh.axis_names:
-        raise ValueError(f"Mesh axes {mesh.axis_names} have no axis {axis!r}.")
-    sharding = NamedSharding(mesh, PartitionSpec(axis))
-    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+    return _assemble(batch, mesh, PartitionSpec(axis))
 
 
 def to_global_batches(batches: Sequence[Any], mesh: Mesh, *, axis: str = DATA_AXIS) -> Any:
@@ -289,10 +286,16 @@ def to_global_batches(batches: Sequence[Any], mesh: Mesh, *, axis: str = DATA_AX
 
     The batch axis (axis 1) is split over ``axis``, as `irrm_jax.train.make_multi_step` expects.
     """
-    if axis not in mesh.axis_names:
-        raise ValueError(f"Mesh axes {mesh.axis_names} have no axis {axis!r}.")
-    sharding = NamedSharding(mesh, PartitionSpec(None, axis))
-    return jax.tree.map(lambda *xs: jax.make_array_from_process_local_data(sharding, np.stack(xs)), *batches)
+    return _assemble(jax.tree.map(lambda *xs: np.stack(xs), *batches), mesh, PartitionSpec(None, axis))
+
+
+def _assemble(local: Any, mesh: Mesh, spec: PartitionSpec) -> Any:
+    """Global arrays from every process's local pytree, sharded over ``mesh`` as ``spec``."""
+    missing = [axis for axis in spec if axis is not None and axis not in mesh.axis_names]
+    if missing:
+        raise ValueError(f"Mesh axes {mesh.axis_names} have no axis {missing[0]!r}.")
+    sharding = NamedSharding(mesh, spec)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
 
 
 def _local_batch_size(global_batch_size: int, process_count: int, mesh: Mesh | None) -> int:
