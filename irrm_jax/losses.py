@@ -51,12 +51,17 @@ class LossConfig:
                 raise ValueError(f"loss {field.name} must be a number >= 0, got {value!r}.")
 
 
+def quantize(x: jax.Array) -> jax.Array:
+    """8-bit quantisation round(255 clip(x, 0, 1)) / 255 (an 8-bit image's values, as floats)."""
+    return jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0) / 255.0
+
+
 def quantize_ste(x: jax.Array) -> jax.Array:
-    """8-bit quantisation round(255 clip(x, 0, 1)) / 255 whose gradient is the identity everywhere.
+    """`quantize` whose gradient is the identity everywhere.
 
     The gradient passes straight through the rounding *and* the clipping (IRN's ``Quant``).
     """
-    return x + jax.lax.stop_gradient(jnp.round(jnp.clip(x, 0.0, 1.0) * 255.0) / 255.0 - x)
+    return x + jax.lax.stop_gradient(quantize(x) - x)
 
 
 def _per_sample_sum(x: jax.Array) -> jax.Array:

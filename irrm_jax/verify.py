@@ -81,6 +81,7 @@ def latent_sensitivity(model: InvertibleRescaler, params: Any, images: list[np.n
     Returns:
       ``{case: mean PSNR-Y in dB}`` and ``'z_rms'``, the root mean square of the forward's z over the images.
     """
+    from irrm_jax.losses import quantize  # the training's 8-bit quantisation
     from irrm_jax.metrics import psnr_y, to_uint8  # the evaluation's metric and 8-bit conversion
 
     variables = {"params": params}
@@ -91,7 +92,7 @@ def latent_sensitivity(model: InvertibleRescaler, params: Any, images: list[np.n
     for i, image in enumerate(images):
         x = jnp.asarray(image[None], jnp.float32)
         y, z = forward(x)
-        y8 = jnp.round(jnp.clip(y, 0.0, 1.0) * 255.0) / 255.0
+        y8 = quantize(y)
         noise = jax.random.normal(jax.random.fold_in(jax.random.key(seed), i), z.shape)
         inputs = (y8, z), (y8, jnp.zeros_like(z)), (y8, noise), (y, z + 0.01 * noise)
         hr = to_uint8(image)
