@@ -31,6 +31,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.channel_multiple = 8
     config.model.fuse_gh = False
     config.model.dense_outward = False
+    # IRN's DenseBlocks as Pallas GPU kernels (irrm_jax.dense_kernels; Triton on GPUs, an interpreter elsewhere).
+    config.model.dense_pallas = False
     # irrm_jax.models.RescalerConfig fields that replace the variant's; None keeps the variant's value.
     # E.g. --config.model.overrides.blocks_per_level="(1, 1)" --config.model.overrides.nf=8 for a tiny model.
     config.model.overrides = ml_collections.ConfigDict(

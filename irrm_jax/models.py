@@ -103,6 +103,7 @@ class InvertibleRescaler(nn.Module):
       channel_multiple: speed option: pad sub-network channels to this multiple (see `subnets`).
       fuse_gh: speed option: evaluate each coupling's G and H together (see `coupling`).
       dense_outward: speed option: DenseBlocks convolve each feature map once into all later convs (see `subnets`).
+      dense_pallas: speed option: DenseBlocks run as Pallas GPU kernels (see `dense_kernels`).
     The speed options change neither the function nor the parameters.
     """
 
@@ -111,6 +112,7 @@ class InvertibleRescaler(nn.Module):
     channel_multiple: int = 1
     fuse_gh: bool = False
     dense_outward: bool = False
+    dense_pallas: bool = False
 
     @property
     def scale(self) -> int:
@@ -120,7 +122,9 @@ class InvertibleRescaler(nn.Module):
         cfg = self.config
         speed = dict(dtype=self.compute_dtype, channel_multiple=self.channel_multiple)
         if cfg.subnet == "dense":
-            subnet = functools.partial(DenseBlock, growth=cfg.nf, outward=self.dense_outward, **speed)
+            subnet = functools.partial(
+                DenseBlock, growth=cfg.nf, outward=self.dense_outward, pallas=self.dense_pallas, **speed
+            )
         else:
             subnet = functools.partial(EnhancedBlock, width=cfg.nf, n_res=cfg.n_res, **speed)
         ops = []
@@ -224,6 +228,7 @@ def build_model(
     channel_multiple: int = 1,
     fuse_gh: bool = False,
     dense_outward: bool = False,
+    dense_pallas: bool = False,
     **overrides: Any,
 ) -> InvertibleRescaler:
     """Builds a variant by name ('irn', 'irrm_s', 'irrm_m', 'irrm_l') and scale (2, 4; IRN also 8).
@@ -232,8 +237,8 @@ def build_model(
       name: the variant.
       scale: the rescaling factor.
       compute_dtype: sub-network compute dtype (jnp.float32, jnp.bfloat16, jnp.float64).
-      channel_multiple, fuse_gh, dense_outward: speed options (see `InvertibleRescaler`); same function and
-        parameters.
+      channel_multiple, fuse_gh, dense_outward, dense_pallas: speed options (see `InvertibleRescaler`); same
+        function and parameters.
       **overrides: `RescalerConfig` fields to change, e.g. ``blocks_per_level=(2, 2)`` for a tiny test model.
     """
     return InvertibleRescaler(
@@ -242,6 +247,7 @@ def build_model(
         channel_multiple=channel_multiple,
         fuse_gh=fuse_gh,
         dense_outward=dense_outward,
+        dense_pallas=dense_pallas,
     )
 
 

@@ -17,6 +17,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from irrm_jax import dense_kernels
+
 # PyTorch's xavier_normal_ (untruncated normal, std = sqrt(2 / (fan_in + fan_out))) scaled by 0.1, as IRN
 # initialises conv1..conv4: variance 0.01 / fan_avg. JAX's glorot_normal would draw from a truncated normal.
 xavier_normal_x01 = nn.initializers.variance_scaling(0.01, "fan_avg", "normal")
@@ -95,6 +97,8 @@ class DenseBlock(nn.Module):
       outward: speed option (same function and parameters): when a feature map appears, one convolution computes
         its contributions to every later conv and adds them to running sums, instead of convolving ever larger
         concatenations (input channels 3..137 -> 32 or 3..32 -> 137..9). Ignores ``channel_multiple``.
+      pallas: speed option (same function and parameters): run the block as Pallas GPU kernels
+        (`irrm_jax.dense_kernels`). Ignores ``channel_multiple`` and ``outward``.
     """
 
     features: int
@@ -102,11 +106,13 @@ class DenseBlock(nn.Module):
     dtype: Any = jnp.float32
     channel_multiple: int = 1
     outward: bool = False
+    pallas: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c_in = x.shape[-1]
-        multiple = 1 if self.outward else self.channel_multiple
+        multiple = 1 if self.outward or self.pallas else self.channel_multiple
+        x_in = x
         x, zero_channels = pad_channels(x, multiple, self.dtype)
         convs = [
             Conv3x3(
@@ -120,6 +126,8 @@ class DenseBlock(nn.Module):
             )
             for i in range(1, 6)
         ]
+        if self.pallas:
+            return dense_kernels.dense_block(x_in, [c.kernel for c in convs], [c.bias for c in convs], self.dtype)
         if self.outward:
             return self._outward(x, convs)
         feats = [x]

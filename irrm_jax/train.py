@@ -152,7 +152,16 @@ def make_train_step(
     over its 'data' axis. The state's buffers are donated. Metrics are replicated float32 scalars: the weighted
     loss terms, ``grad_norm`` (before clipping), ``param_norm``, ``update_norm`` and ``learning_rate`` of this
     update (``learning_rate`` is the optimiser's schedule, only reported here).
+
+    Raises:
+      ValueError: for a model with ``dense_pallas`` on a mesh of several devices (XLA cannot split the Pallas
+        kernels over the batch; it would run every device's work on every device).
     """
+    if model.dense_pallas and mesh.size > 1:
+        raise ValueError(
+            f"model.dense_pallas runs on one device only (this mesh has {mesh.size}): XLA cannot split its Pallas "
+            "kernels over the batch. Turn dense_pallas off for multi-device training."
+        )
 
     def step(state: TrainState, hr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
         grad_fn = jax.value_and_grad(rescaling_loss, argnums=1, has_aux=True)

@@ -1,0 +1,288 @@
+"""IRN's DenseBlock as Pallas GPU kernels (the speed option ``dense_pallas``): same function, same parameters.
+
+Layout. A batch (N, H, W, C) is stored *flat*: zero-padded by one pixel on every side, flattened to
+N * (H+2) * (W+2) rows of C channels, with zero margin rows before and after. A 3x3 convolution is then nine
+row-shifted matrix products (row offsets dy * (W+2) + dx), with no bounds checks. Every flat array is zero
+outside the image pixels, and every kernel keeps it so by masking what it writes.
+
+Kernels. `conv` is one 3x3 convolution of several flat inputs (a DenseBlock layer reads x, x1, ..., x_k
+without concatenating them) with its epilogue fused (bias, LeakyReLU, or LeakyReLU's backward);
+`weight_grad` gives the kernel gradients. `dense_block` chains them and has its own backward
+(`jax.custom_vjp`) built from the same two kernels: a feature map's gradient is the convolution of the later
+layers' gradients with their kernels flipped and transposed.
+
+Channel counts must be powers of two of at least 16 (Triton's blocks and matrix units): the input and the last
+layer's output are padded with zeros; the growth (IRN: 32) must already be one. On GPUs the kernels compile with
+Triton; on other backends they run in Pallas' interpreter (correct, slow: for tests).
+"""
+
+import dataclasses
+import functools
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plt
+
+SLOPE = 0.2  # LeakyReLU's negative slope in IRN's DenseBlock
+BLOCK_ROWS = 64  # rows (pixels) one kernel program computes
+NUM_WARPS = 2  # Triton: warps per program
+NUM_STAGES = 3  # Triton: software-pipelining depth of the loops over taps and blocks
+_ANY = pl.BlockSpec(memory_space=pl.ANY)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatLayout:
+    """Where the pixels of an (n, h, w) batch sit in a flat array, in blocks of `block` rows."""
+
+    n: int
+    h: int
+    w: int
+    block: int = BLOCK_ROWS
+
+    @property
+    def row_width(self) -> int:
+        return self.w + 2
+
+    @property
+    def plane(self) -> int:
+        return (self.h + 2) * (self.w + 2)
+
+    @property
+    def margin_blocks(self) -> int:
+        """Zero blocks before and after the images: enough for the largest tap offset, w + 3 rows."""
+        return -(-(self.w + 3) // self.block)
+
+    @property
+    def chunk_blocks(self) -> int:
+        """Blocks one weight-gradient program sums (up to 16, fewer so that there are >= 32 programs a tap)."""
+        return max(1, min(16, -(-self.n * self.plane // self.block) // 32))
+
+    @property
+    def core_blocks(self) -> int:
+        """Blocks holding the images (a whole number of chunks; rows past the last image are zero)."""
+        blocks = -(-self.n * self.plane // self.block)
+        return -(-blocks // self.chunk_blocks) * self.chunk_blocks
+
+    @property
+    def total_blocks(self) -> int:
+        return self.core_blocks + 2 * self.margin_blocks
+
+    @property
+    def rows(self) -> int:
+        return self.total_blocks * self.block
+
+    @property
+    def margin_rows(self) -> int:
+        return self.margin_blocks * self.block
+
+    def offset(self, tap):
+        """Row offset of a 3x3 tap (int or traced) in HWIO order: tap 3a + b reads pixel (y + a - 1, x + b - 1)."""
+        return (jax.lax.div(tap, 3) - 1) * self.row_width + (jax.lax.rem(tap, 3) - 1)
+
+
+def interior(layout: FlatLayout, rows: jax.Array) -> jax.Array:
+    """True where flat row `rows` holds an image pixel (not padding, margin or tail)."""
+    p = rows - layout.margin_rows
+    q = jax.lax.rem(p, layout.plane)
+    y = jax.lax.div(q, layout.row_width)
+    x = jax.lax.rem(q, layout.row_width)
+    inside = (p >= 0) & (p < layout.n * layout.plane)
+    return inside & (y >= 1) & (y <= layout.h) & (x >= 1) & (x <= layout.w)
+
+
+def to_flat(x: jax.Array, layout: FlatLayout, channels: int) -> jax.Array:
+    """(n, h, w, c) -> flat (rows, channels), zero-padded."""
+    n, h, w, c = x.shape
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, channels - c))).reshape(n * layout.plane, channels)
+    return jnp.pad(x, ((layout.margin_rows, layout.rows - layout.margin_rows - n * layout.plane), (0, 0)))
+
+
+def from_flat(x: jax.Array, layout: FlatLayout, channels: int) -> jax.Array:
+    """flat (rows, C) -> (n, h, w, channels), the first `channels` channels."""
+    pixels = x[layout.margin_rows : layout.margin_rows + layout.n * layout.plane, :channels]
+    return pixels.reshape(layout.n, layout.h + 2, layout.w + 2, channels)[:, 1:-1, 1:-1]
+
+
+def _pallas(kernel, out_shape, grid, n_operands):
+    on_gpu = jax.default_backend() == "gpu"
+    return pl.pallas_call(
+        kernel,
+        out_shape=out_shape,
+        grid=grid,
+        in_specs=[_ANY] * n_operands,
+        out_specs=_ANY if isinstance(out_shape, jax.ShapeDtypeStruct) else [_ANY] * len(out_shape),
+        interpret=not on_gpu,
+        compiler_params=plt.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES) if on_gpu else None,
+    )
+
+
+def _conv_kernel(*refs, layout: FlatLayout, n_inputs: int, epilogue: str):
+    inputs, weights = refs[:n_inputs], refs[n_inputs : 2 * n_inputs]
+    extra, out_ref = refs[2 * n_inputs : -1], refs[-1]
+    block, cout = layout.block, out_ref.shape[1]
+    i = pl.program_id(0)
+    start = i * block
+    core = (i >= layout.margin_blocks) & (i < layout.margin_blocks + layout.core_blocks)
+
+    @pl.when(core)
+    def _compute():
+        acc = jnp.zeros((block, cout), jnp.float32)
+        for x_ref, w_ref in zip(inputs, weights, strict=True):
+            c = x_ref.shape[1]
+
+            def add_tap(tap, acc, x_ref=x_ref, w_ref=w_ref, c=c):  # a loop, so that Triton pipelines the loads
+                x = x_ref[pl.ds(start + layout.offset(tap), block), :]
+                return acc + jnp.dot(x, w_ref[pl.ds(tap * c, c), :], preferred_element_type=jnp.float32)
+
+            acc = jax.lax.fori_loop(0, 9, add_tap, acc)
+        if epilogue in ("bias", "bias_leaky"):
+            acc += extra[0][...].astype(jnp.float32)[None, :]
+        if epilogue == "bias_leaky":
+            acc = jnp.where(acc >= 0, acc, SLOPE * acc)
+        if epilogue == "leaky_grad":  # extra[0] is the LeakyReLU's output: its sign is its input's
+            acc = jnp.where(extra[0][pl.ds(start, block), :] >= 0, acc, SLOPE * acc)
+        keep = interior(layout, start + jax.lax.broadcasted_iota(jnp.int32, (block,), 0))
+        out_ref[pl.ds(start, block), :] = jnp.where(keep[:, None], acc, 0.0).astype(out_ref.dtype)
+
+    @pl.when(jnp.logical_not(core))
+    def _zero():
+        out_ref[pl.ds(start, block), :] = jnp.zeros((block, cout), out_ref.dtype)
+
+
+def conv(
+    inputs: Sequence[jax.Array],
+    kernels: Sequence[jax.Array],
+    layout: FlatLayout,
+    epilogue: str,
+    extra: jax.Array | None = None,
+) -> jax.Array:
+    """sum_i conv3x3(inputs[i], kernels[i]) then the epilogue, flat in and out.
+
+    Args:
+      inputs: flat arrays (rows, c_i), zero outside the pixels.
+      kernels: (9, c_i, cout) each, taps in HWIO order (`FlatLayout.offset`).
+      epilogue: "bias" (+ extra, a (cout,) bias), "bias_leaky" (then LeakyReLU), "leaky_grad" (multiply by
+        LeakyReLU's slope where the flat array `extra`, the activation's output, is negative) or "none".
+    """
+    cout = kernels[0].shape[-1]
+    operands = [*inputs, *(k.reshape(-1, cout) for k in kernels), *([] if extra is None else [extra])]
+    kernel = functools.partial(_conv_kernel, layout=layout, n_inputs=len(inputs), epilogue=epilogue)
+    out_shape = jax.ShapeDtypeStruct((layout.rows, cout), inputs[0].dtype)
+    return _pallas(kernel, out_shape, (layout.total_blocks,), len(operands))(*operands)
+
+
+def _weight_grad_kernel(*refs, layout: FlatLayout, n_inputs: int):
+    inputs, grad_ref, outs = refs[:n_inputs], refs[n_inputs], refs[n_inputs + 1 :]
+    block = layout.block
+    tap, chunk = pl.program_id(0), pl.program_id(1)
+    offset = layout.offset(tap)
+    first = (layout.margin_blocks + chunk * layout.chunk_blocks) * block
+    cout = grad_ref.shape[1]
+
+    def add_block(b, sums):
+        start = first + b * block
+        g = grad_ref[pl.ds(start, block), :]
+        products = (
+            jax.lax.dot_general(
+                x_ref[pl.ds(start + offset, block), :], g, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
+            )
+            for x_ref in inputs
+        )
+        return tuple(s + p for s, p in zip(sums, products, strict=True))
+
+    zeros = tuple(jnp.zeros((x_ref.shape[1], cout), jnp.float32) for x_ref in inputs)
+    sums = jax.lax.fori_loop(0, layout.chunk_blocks, add_block, zeros)
+    for x_ref, out_ref, s in zip(inputs, outs, sums, strict=True):
+        c = x_ref.shape[1]
+        out_ref[pl.ds((chunk * 9 + tap) * c, c), :] = s
+
+
+def weight_grad(inputs: Sequence[jax.Array], grad: jax.Array, layout: FlatLayout) -> tuple[jax.Array, ...]:
+    """Gradients (9, c_i, cout) float32 of conv(inputs, kernels)'s kernels, given the flat output gradient."""
+    chunks = layout.core_blocks // layout.chunk_blocks
+    cout = grad.shape[1]
+    out_shape = [jax.ShapeDtypeStruct((chunks * 9 * x.shape[1], cout), jnp.float32) for x in inputs]
+    kernel = functools.partial(_weight_grad_kernel, layout=layout, n_inputs=len(inputs))
+    partials = _pallas(kernel, out_shape, (9, chunks), len(inputs) + 1)(*inputs, grad)
+    return tuple(p.reshape(chunks, 9, x.shape[1], cout).sum(0) for p, x in zip(partials, inputs, strict=True))
+
+
+def _flipped(kernel: jax.Array) -> jax.Array:
+    """The kernel of the transposed convolution: taps reversed, input and output channels swapped."""
+    return jnp.transpose(kernel[::-1], (0, 2, 1))
+
+
+def _forward(layout, x, kernels, biases):
+    feats = [x]
+    for k, (layer_kernels, bias) in enumerate(zip(kernels, biases, strict=True)):
+        feats.append(conv(feats, layer_kernels, layout, "bias" if k == len(kernels) - 1 else "bias_leaky", bias))
+    return feats
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def dense_block_flat(layout: FlatLayout, x: jax.Array, kernels: tuple, biases: tuple) -> jax.Array:
+    """The DenseBlock on a flat input: layer k (0-based) convolves [x, x1, ..., xk] with kernels[k] (one
+    (9, c, cout) per input) and adds biases[k]; layers before the last apply LeakyReLU(0.2)."""
+    return _forward(layout, x, kernels, biases)[-1]
+
+
+def _dense_block_fwd(layout, x, kernels, biases):
+    feats = _forward(layout, x, kernels, biases)
+    return feats[-1], (feats[:-1], kernels, biases)
+
+
+def _dense_block_bwd(layout, residuals, g):
+    feats, kernels, biases = residuals
+    layers = len(kernels)
+    keep = interior(layout, jnp.arange(layout.rows, dtype=jnp.int32))[:, None]
+    dz = [None] * layers  # gradients of each layer's pre-activation
+    dz[-1] = jnp.where(keep, g, 0).astype(g.dtype)
+    for j in range(layers - 1, 0, -1):  # feats[j] is layer j-1's output, read by layers j..end
+        later = range(j, layers)
+        dz[j - 1] = conv(
+            [dz[k] for k in later], [_flipped(kernels[k][j]) for k in later], layout, "leaky_grad", feats[j]
+        )
+    dx = conv(dz, [_flipped(kernels[k][0]) for k in range(layers)], layout, "none")
+    kernel_grads = tuple(
+        tuple(
+            gk.astype(kk.dtype) for gk, kk in zip(weight_grad(feats[: k + 1], dz[k], layout), kernels[k], strict=True)
+        )
+        for k in range(layers)
+    )
+    bias_grads = tuple(jnp.sum(d.astype(jnp.float32), axis=0).astype(b.dtype) for d, b in zip(dz, biases, strict=True))
+    return dx, kernel_grads, bias_grads
+
+
+dense_block_flat.defvjp(_dense_block_fwd, _dense_block_bwd)
+
+
+def padded_channels(c: int) -> int:
+    """The channel count a kernel works with: the next power of two, at least 16."""
+    return max(16, pl.next_power_of_2(c))
+
+
+def dense_block(x: jax.Array, kernels: Sequence[jax.Array], biases: Sequence[jax.Array], dtype) -> jax.Array:
+    """IRN's DenseBlock (`subnets.DenseBlock`'s function) on (n, h, w, c_in), from its HWIO kernels and biases.
+
+    Layer k sees [x, x1, ..., xk] concatenated in that order; returns (n, h, w, features) in dtype.
+    """
+    n, h, w, c_in = x.shape
+    growth, features = kernels[0].shape[-1], kernels[-1].shape[-1]
+    if growth != padded_channels(growth):
+        raise ValueError(f"dense_pallas needs a growth that is a power of two >= 16, got {growth}.")
+    layout = FlatLayout(n, h, w, BLOCK_ROWS)
+    c_x, c_out = padded_channels(c_in), padded_channels(features)
+    flat_kernels = []
+    for k, kernel in enumerate(kernels):
+        cout = kernel.shape[-1]
+        kernel = jnp.pad(
+            kernel.reshape(9, -1, cout), ((0, 0), (0, 0), (0, (c_out if k == len(kernels) - 1 else cout) - cout))
+        )
+        parts = [jnp.pad(kernel[:, :c_in], ((0, 0), (0, c_x - c_in), (0, 0)))]
+        parts += [kernel[:, c_in + j * growth : c_in + (j + 1) * growth] for j in range(k)]
+        flat_kernels.append(tuple(p.astype(dtype) for p in parts))
+    flat_biases = [b.astype(dtype) for b in biases[:-1]] + [jnp.pad(biases[-1], (0, c_out - features)).astype(dtype)]
+    out = dense_block_flat(layout, to_flat(x.astype(dtype), layout, c_x), tuple(flat_kernels), tuple(flat_biases))
+    return from_flat(out, layout, features)

@@ -1,0 +1,134 @@
+"""Pallas DenseBlock kernels (run in Pallas' interpreter on CPU): the same function and gradients as XLA's."""
+
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from irrm_jax import dense_kernels as dk
+from irrm_jax.models import build_model
+from irrm_jax.subnets import DenseBlock
+from irrm_jax.verify import random_nonzero_params
+
+RNG = np.random.default_rng(0)
+
+
+def normal(*shape):
+    return jnp.asarray(RNG.standard_normal(shape), jnp.float32)
+
+
+def xla_conv(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def test_flat_layout_round_trip_and_zero_padding():
+    layout = dk.FlatLayout(2, 5, 7, block=16)
+    x = normal(2, 5, 7, 3)
+    flat = dk.to_flat(x, layout, 16)
+    assert flat.shape == (layout.rows, 16) and layout.rows % 16 == 0
+    chex.assert_trees_all_equal(dk.from_flat(flat, layout, 3), x)
+    keep = dk.interior(layout, jnp.arange(layout.rows))
+    assert int(keep.sum()) == 2 * 5 * 7
+    assert not np.any(np.asarray(flat)[~np.asarray(keep)]), "zero outside the pixels"
+    assert np.all(np.asarray(flat)[np.asarray(keep), 3:] == 0), "zero padding channels"
+    # every tap of every pixel stays inside the array
+    rows = np.flatnonzero(np.asarray(keep))
+    offsets = [int(layout.offset(t)) for t in range(9)]
+    assert rows.min() + min(offsets) >= 0 and rows.max() + max(offsets) < layout.rows
+    assert offsets == [-10, -9, -8, -1, 0, 1, 8, 9, 10]  # rows of 7 + 2 pixels
+
+
+@pytest.mark.parametrize("epilogue", ["bias", "bias_leaky", "none"])
+def test_conv_of_two_inputs_matches_xla(epilogue):
+    """conv(inputs, kernels) is the convolution of the concatenated inputs, then bias and LeakyReLU."""
+    layout = dk.FlatLayout(2, 6, 5, block=16)
+    a, b = normal(2, 6, 5, 16), normal(2, 6, 5, 32)
+    ka, kb, bias = normal(3, 3, 16, 16), normal(3, 3, 32, 16), normal(16)
+    ref = xla_conv(jnp.concatenate([a, b], -1), jnp.concatenate([ka, kb], 2))
+    if epilogue != "none":
+        ref = ref + bias
+    if epilogue == "bias_leaky":
+        ref = jax.nn.leaky_relu(ref, dk.SLOPE)
+    flat = dk.conv(
+        [dk.to_flat(a, layout, 16), dk.to_flat(b, layout, 32)],
+        [ka.reshape(9, 16, 16), kb.reshape(9, 32, 16)],
+        layout,
+        epilogue,
+        None if epilogue == "none" else bias,
+    )
+    chex.assert_trees_all_close(dk.from_flat(flat, layout, 16), ref, atol=1e-4, rtol=1e-5)
+    keep = np.asarray(dk.interior(layout, jnp.arange(layout.rows)))
+    assert not np.any(np.asarray(flat)[~keep]), "the output stays zero outside the pixels"
+
+
+def test_weight_grad_matches_autodiff():
+    layout = dk.FlatLayout(2, 6, 5, block=16)
+    x, g = normal(2, 6, 5, 16), normal(2, 6, 5, 16)
+    kernel = normal(3, 3, 16, 16)
+    ref = jax.grad(lambda k: jnp.sum(xla_conv(x, k) * g))(kernel)
+    (grad,) = dk.weight_grad([dk.to_flat(x, layout, 16)], dk.to_flat(g, layout, 16), layout)
+    chex.assert_trees_all_close(grad.reshape(3, 3, 16, 16), ref, atol=1e-4, rtol=1e-5)
+
+
+@pytest.mark.parametrize("c_in,features", [(3, 9), (20, 3)])
+def test_dense_block_value_and_gradients_match_xla(c_in, features):
+    x = normal(2, 5, 7, c_in)
+    xla, pallas = DenseBlock(features, growth=16), DenseBlock(features, growth=16, pallas=True)
+    shapes = jax.eval_shape(xla.init, jax.random.key(0), x)["params"]
+    assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(
+        jnp.shape, jax.eval_shape(pallas.init, jax.random.key(0), x)["params"]
+    ), "the same parameters"
+    params = random_nonzero_params(shapes, 1)
+    proj = normal(2, 5, 7, features)
+
+    def loss(block, p, x):
+        return jnp.sum(jnp.tanh(block.apply({"params": p}, x)) * proj)
+
+    out = pallas.apply({"params": params}, x)
+    chex.assert_trees_all_close(out, xla.apply({"params": params}, x), atol=1e-5, rtol=1e-5)
+    assert np.abs(np.asarray(out)).max() > 0.1, "a non-trivial output"
+    ref = jax.grad(functools.partial(loss, xla), (0, 1))(params, x)
+    grads = jax.grad(functools.partial(loss, pallas), (0, 1))(params, x)
+    chex.assert_trees_all_close(grads, ref, atol=1e-5, rtol=1e-4)
+
+
+def test_dense_block_bfloat16_is_as_close_to_float32_as_xla():
+    x = normal(1, 6, 6, 3)
+    params = random_nonzero_params(jax.eval_shape(DenseBlock(9).init, jax.random.key(0), x)["params"], 2)
+    exact = DenseBlock(9).apply({"params": params}, x)
+    xla = DenseBlock(9, dtype=jnp.bfloat16).apply({"params": params}, x)
+    pallas = DenseBlock(9, dtype=jnp.bfloat16, pallas=True).apply({"params": params}, x)
+    assert pallas.dtype == jnp.bfloat16
+    err = lambda y: float(jnp.max(jnp.abs(y.astype(jnp.float32) - exact)))  # noqa: E731
+    assert err(pallas) <= 2 * err(xla) + 1e-3
+
+
+def test_growth_must_be_a_power_of_two():
+    with pytest.raises(ValueError, match="power of two"):
+        DenseBlock(3, growth=24, pallas=True).init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))
+
+
+def test_irn_with_pallas_dense_blocks_is_the_same_invertible_model():
+    x = jnp.asarray(RNG.uniform(size=(1, 8, 8, 3)), jnp.float32)
+    plain = build_model("irn", 2, blocks_per_level=(1,))
+    fast = build_model("irn", 2, blocks_per_level=(1,), dense_pallas=True)
+    params = random_nonzero_params(jax.eval_shape(plain.init, jax.random.key(0), x)["params"], 3)
+    lr, z = fast.apply({"params": params}, x)
+    chex.assert_trees_all_close((lr, z), plain.apply({"params": params}, x), atol=1e-5)
+    back = fast.apply({"params": params}, lr, z, method=fast.inverse)
+    assert float(jnp.max(jnp.abs(back - x))) < 1e-5
+    jaxpr = str(jax.make_jaxpr(lambda p: fast.apply({"params": p}, x))(params))
+    assert "pallas_call" in jaxpr and "conv_general_dilated" not in jaxpr
+
+
+def test_training_refuses_pallas_dense_blocks_on_several_devices():
+    from irrm_jax.losses import LossConfig
+    from irrm_jax.train import make_train_step
+
+    model = build_model("irn", 2, blocks_per_level=(1,), dense_pallas=True)
+    two_devices = jax.sharding.AbstractMesh((2,), ("data",))
+    with pytest.raises(ValueError, match="one device only"):
+        make_train_step(model, None, None, LossConfig(lambda_fit=4.0), two_devices)
