@@ -32,6 +32,11 @@ NUM_STAGES = 3  # Triton: software-pipelining depth of the loops over taps and b
 _ANY = pl.BlockSpec(memory_space=pl.ANY)
 
 
+def accumulator_dtype(dtype) -> jnp.dtype:
+    """float32 sums for float32 and bfloat16 inputs, float64 for float64."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
 @dataclasses.dataclass(frozen=True)
 class FlatLayout:
     """Where the pixels of an (n, h, w) batch sit in a flat array, in blocks of `block` rows."""
@@ -79,15 +84,17 @@ class FlatLayout:
 
     def offset(self, tap):
         """Row offset of a 3x3 tap (int or traced) in HWIO order: tap 3a + b reads pixel (y + a - 1, x + b - 1)."""
-        return (jax.lax.div(tap, 3) - 1) * self.row_width + (jax.lax.rem(tap, 3) - 1)
+        three = jnp.asarray(3, jnp.asarray(tap).dtype)  # same dtype as tap, also under jax_enable_x64
+        return (jax.lax.div(tap, three) - 1) * self.row_width + (jax.lax.rem(tap, three) - 1)
 
 
 def interior(layout: FlatLayout, rows: jax.Array) -> jax.Array:
     """True where flat row `rows` holds an image pixel (not padding, margin or tail)."""
     p = rows - layout.margin_rows
-    q = jax.lax.rem(p, layout.plane)
-    y = jax.lax.div(q, layout.row_width)
-    x = jax.lax.rem(q, layout.row_width)
+    plane, row_width = (jnp.asarray(v, p.dtype) for v in (layout.plane, layout.row_width))
+    q = jax.lax.rem(p, plane)
+    y = jax.lax.div(q, row_width)
+    x = jax.lax.rem(q, row_width)
     inside = (p >= 0) & (p < layout.n * layout.plane)
     return inside & (y >= 1) & (y <= layout.h) & (x >= 1) & (x <= layout.w)
 
@@ -128,17 +135,18 @@ def _conv_kernel(*refs, layout: FlatLayout, n_inputs: int, epilogue: str):
 
     @pl.when(core)
     def _compute():
-        acc = jnp.zeros((block, cout), jnp.float32)
+        acc_dtype = accumulator_dtype(out_ref.dtype)
+        acc = jnp.zeros((block, cout), acc_dtype)
         for x_ref, w_ref in zip(inputs, weights, strict=True):
             c = x_ref.shape[1]
 
             def add_tap(tap, acc, x_ref=x_ref, w_ref=w_ref, c=c):  # a loop, so that Triton pipelines the loads
                 x = x_ref[pl.ds(start + layout.offset(tap), block), :]
-                return acc + jnp.dot(x, w_ref[pl.ds(tap * c, c), :], preferred_element_type=jnp.float32)
+                return acc + jnp.dot(x, w_ref[pl.ds(tap * c, c), :], preferred_element_type=acc_dtype)
 
             acc = jax.lax.fori_loop(0, 9, add_tap, acc)
         if epilogue in ("bias", "bias_leaky"):
-            acc += extra[0][...].astype(jnp.float32)[None, :]
+            acc += extra[0][...].astype(acc_dtype)[None, :]
         if epilogue == "bias_leaky":
             acc = jnp.where(acc >= 0, acc, SLOPE * acc)
         if epilogue == "leaky_grad":  # extra[0] is the LeakyReLU's output: its sign is its input's
@@ -179,20 +187,20 @@ def _weight_grad_kernel(*refs, layout: FlatLayout, n_inputs: int):
     tap, chunk = pl.program_id(0), pl.program_id(1)
     offset = layout.offset(tap)
     first = (layout.margin_blocks + chunk * layout.chunk_blocks) * block
-    cout = grad_ref.shape[1]
+    cout, acc_dtype = grad_ref.shape[1], accumulator_dtype(grad_ref.dtype)
 
     def add_block(b, sums):
         start = first + b * block
         g = grad_ref[pl.ds(start, block), :]
         products = (
             jax.lax.dot_general(
-                x_ref[pl.ds(start + offset, block), :], g, (((0,), (0,)), ((), ())), preferred_element_type=jnp.float32
+                x_ref[pl.ds(start + offset, block), :], g, (((0,), (0,)), ((), ())), preferred_element_type=acc_dtype
             )
             for x_ref in inputs
         )
         return tuple(s + p for s, p in zip(sums, products, strict=True))
 
-    zeros = tuple(jnp.zeros((x_ref.shape[1], cout), jnp.float32) for x_ref in inputs)
+    zeros = tuple(jnp.zeros((x_ref.shape[1], cout), acc_dtype) for x_ref in inputs)
     sums = jax.lax.fori_loop(0, layout.chunk_blocks, add_block, zeros)
     for x_ref, out_ref, s in zip(inputs, outs, sums, strict=True):
         c = x_ref.shape[1]
@@ -200,10 +208,11 @@ def _weight_grad_kernel(*refs, layout: FlatLayout, n_inputs: int):
 
 
 def weight_grad(inputs: Sequence[jax.Array], grad: jax.Array, layout: FlatLayout) -> tuple[jax.Array, ...]:
-    """Gradients (9, c_i, cout) float32 of conv(inputs, kernels)'s kernels, given the flat output gradient."""
+    """Gradients (9, c_i, cout) of conv(inputs, kernels)'s kernels (`accumulator_dtype`), given the flat output
+    gradient."""
     chunks = layout.core_blocks // layout.chunk_blocks
     cout = grad.shape[1]
-    out_shape = [jax.ShapeDtypeStruct((chunks * 9 * x.shape[1], cout), jnp.float32) for x in inputs]
+    out_shape = [jax.ShapeDtypeStruct((chunks * 9 * x.shape[1], cout), accumulator_dtype(grad.dtype)) for x in inputs]
     kernel = functools.partial(_weight_grad_kernel, layout=layout, n_inputs=len(inputs))
     partials = _pallas(kernel, out_shape, (9, chunks), len(inputs) + 1)(*inputs, grad)
     return tuple(p.reshape(chunks, 9, x.shape[1], cout).sum(0) for p, x in zip(partials, inputs, strict=True))
@@ -251,7 +260,9 @@ def _dense_block_bwd(layout, residuals, g):
         )
         for k in range(layers)
     )
-    bias_grads = tuple(jnp.sum(d.astype(jnp.float32), axis=0).astype(b.dtype) for d, b in zip(dz, biases, strict=True))
+    bias_grads = tuple(
+        jnp.sum(d.astype(accumulator_dtype(d.dtype)), axis=0).astype(b.dtype) for d, b in zip(dz, biases, strict=True)
+    )
     return dx, kernel_grads, bias_grads
 
 

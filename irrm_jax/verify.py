@@ -120,6 +120,7 @@ def verify(
     seed: int = 0,
     size: int = 64,
     batch: int = 2,
+    dense_pallas: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Round-trip errors in float32 and float64 for one model.
 
@@ -129,6 +130,7 @@ def verify(
       images: HxWx3 float arrays in [0, 1] with sides divisible by scale; None draws random images.
       seed: for the random weights and images.
       size, batch: size and count of the random images.
+      dense_pallas: run IRN's DenseBlocks as Pallas kernels (`irrm_jax.dense_kernels`) instead of XLA convolutions.
 
     Returns:
       For each of PRECISIONS: {'max': ..., 'mean': ...}, errors over all images. 'float32' runs the
@@ -147,7 +149,7 @@ def verify(
         dtype = precision.split()[0]
         matmul = "default" if "default" in precision else "highest"
         with jax.enable_x64(dtype == "float64"), jax.default_matmul_precision(matmul):
-            model = InvertibleRescaler(config, compute_dtype=jnp.dtype(dtype))
+            model = InvertibleRescaler(config, compute_dtype=jnp.dtype(dtype), dense_pallas=dense_pallas)
             p = jax.tree.map(lambda a, d=dtype: jnp.asarray(a, d), params)
             errors = [roundtrip_error(model, p, jnp.asarray(img[None], dtype)) for img in images]
         results[precision] = {
@@ -172,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--sensitivity", action="store_true", help="also report the reconstruction's PSNR-Y from an 8-bit LR and z"
+    )
+    parser.add_argument(
+        "--dense-pallas", action="store_true", help="IRN's DenseBlocks as Pallas kernels (irrm_jax.dense_kernels)"
     )
     parser.add_argument("--tolerance", type=float, default=FLOAT32_TOLERANCE, help="float32 (full precision)")
     parser.add_argument(
@@ -198,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(e))
         name, params, weights = args.model, None, "random non-zero weights"
     images = _load_images(args.images, config.scale, args.max_size) if args.images else None
-    results = verify(config, params, images, args.seed, args.size, args.batch)
+    results = verify(config, params, images, args.seed, args.size, args.batch, args.dense_pallas)
     source = f"{len(images)} images from {args.images}" if images else f"{args.batch} random images"
-    print(f"{name} x{config.scale}, {weights}, {source}")
+    print(f"{name} x{config.scale}, {weights}, {source}" + (", Pallas DenseBlocks" if args.dense_pallas else ""))
     print("| precision | max abs error | mean abs error | tolerance |\n|---|---|---|---|")
     tolerances = dict(zip(PRECISIONS, (args.tolerance, args.default_tolerance, FLOAT64_TOLERANCE), strict=True))
     failed = []

@@ -106,6 +106,19 @@ def test_dense_block_bfloat16_is_as_close_to_float32_as_xla():
     assert err(pallas) <= 2 * err(xla) + 1e-3
 
 
+def test_dense_block_float64_sums_in_float64():
+    with jax.enable_x64(True):
+        x = jnp.asarray(RNG.standard_normal((1, 5, 6, 3)))
+        params = random_nonzero_params(jax.eval_shape(DenseBlock(9).init, jax.random.key(0), x)["params"], 4)
+        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
+        xla, pallas = DenseBlock(9, dtype=jnp.float64), DenseBlock(9, dtype=jnp.float64, pallas=True)
+        out = pallas.apply({"params": params}, x)
+        assert out.dtype == jnp.float64
+        chex.assert_trees_all_close(out, xla.apply({"params": params}, x), atol=1e-12, rtol=1e-12)
+        loss = lambda block: lambda p: jnp.sum(jnp.sin(block.apply({"params": p}, x)))  # noqa: E731
+        chex.assert_trees_all_close(jax.grad(loss(pallas))(params), jax.grad(loss(xla))(params), atol=1e-11)
+
+
 def test_growth_must_be_a_power_of_two():
     with pytest.raises(ValueError, match="power of two"):
         DenseBlock(3, growth=24, pallas=True).init(jax.random.key(0), jnp.zeros((1, 4, 4, 3)))

@@ -82,3 +82,9 @@ def test_sensitivity_flag_prints_its_table(capsys):
     assert "reconstruction PSNR-Y (dB), the forward's z has rms" in out
     for case in verify.SENSITIVITY_CASES:
         assert f"| {case} | " in out
+
+
+def test_pallas_dense_blocks_stay_exactly_invertible():
+    results = verify.verify(model_config("irn", 2, blocks_per_level=(1,)), size=8, batch=1, dense_pallas=True)
+    assert 0 < results["float32"]["max"] < verify.FLOAT32_TOLERANCE
+    assert 0 <= results["float64"]["max"] < verify.FLOAT64_TOLERANCE
