@@ -52,7 +52,11 @@ ImageInput = np.ndarray | jax.Array | Sequence[np.ndarray]
 
 
 def load_model_and_params(
-    checkpoint: str | Path, model_name: str | None = None, scale: int | None = None, compute_dtype: Any = None
+    checkpoint: str | Path,
+    model_name: str | None = None,
+    scale: int | None = None,
+    compute_dtype: Any = None,
+    dense_pallas: bool | None = None,
 ) -> tuple[nn.Module, Any, str, int]:
     """Loads a model and its parameters from a training workdir / checkpoint or an official IRN state dict.
 
@@ -64,6 +68,8 @@ def load_model_and_params(
       scale: the expected scale; a mismatch with the checkpoint raises.
       compute_dtype: the sub-network compute dtype of the rebuilt model (default: the training config's, float32
         for IRN state dicts).
+      dense_pallas: run IRN's DenseBlocks as Pallas GPU kernels (`irrm_jax.dense_kernels`; the same function);
+        None keeps the training config's choice (off for IRN state dicts).
 
     Returns:
       ``(model, params, model_name, scale)``.
@@ -88,7 +94,9 @@ def load_model_and_params(
         found_scale = _irn_scale(params)
         if scale is not None and scale != found_scale:
             raise ValueError(f"{path} holds an IRN x{found_scale}, not x{scale}.")
-        model = build_model("irn", found_scale, compute_dtype=compute_dtype or jnp.float32)
+        model = build_model(
+            "irn", found_scale, compute_dtype=compute_dtype or jnp.float32, dense_pallas=bool(dense_pallas)
+        )
         return model, params, "irn", found_scale
     from irrm_jax.checkpointing import restore_model
 
@@ -99,6 +107,8 @@ def load_model_and_params(
             raise ValueError(f"checkpoint {path} holds {found_name} x{found_scale}; the requested {what} was {wanted}.")
     if compute_dtype is not None:
         model = model.clone(compute_dtype=compute_dtype)
+    if dense_pallas is not None:
+        model = model.clone(dense_pallas=dense_pallas)
     return model, params, found_name, found_scale
 
 

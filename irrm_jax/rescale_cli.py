@@ -55,6 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=4, help="images per jitted call")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-file lines")
+    parser.add_argument(
+        "--dense-pallas",
+        action="store_true",
+        help="run IRN's DenseBlocks as Pallas kernels (same results; faster on NVIDIA GPUs, slow elsewhere)",
+    )
     return parser
 
 
@@ -128,7 +133,9 @@ def run(args: argparse.Namespace) -> list[dict]:
     pairs = _plan(args.input, args.output)
     _check_overwrite(pairs, args.force)
     try:
-        model, params, name, scale = load_model_and_params(args.checkpoint, args.model, args.scale)
+        model, params, name, scale = load_model_and_params(
+            args.checkpoint, args.model, args.scale, dense_pallas=args.dense_pallas or None
+        )
         rescaler = Rescaler(model, params, bucket=args.bucket or None, max_batch=args.batch)
     except (OSError, ValueError) as e:
         raise CliError(str(e)) from e

@@ -152,3 +152,37 @@ def test_eval_command_line(workdir, photos, tmp_path, capsys):
     assert not (out / "photos").exists() and not (out / "psnr_vs_temperature.png").exists()
     assert evaluate.main(["--checkpoint", str(workdir), "--datasets", "set6", "--out", str(out)]) == 2
     assert "neither a folder" in capsys.readouterr().err
+
+
+def test_dense_pallas_flag_gives_the_same_images(tmp_path, capsys, monkeypatch):
+    """`--dense-pallas` (IRN's DenseBlocks as Pallas kernels; Pallas' interpreter here) changes no output."""
+    from irrm_jax import dense_kernels
+    from tests.test_convert import official_state_dict
+
+    calls = []
+    kernel_block = dense_kernels.dense_block
+    monkeypatch.setattr(dense_kernels, "dense_block", lambda *a: calls.append(1) or kernel_block(*a))
+
+    np.savez(tmp_path / "irn_x2.npz", **official_state_dict(2))
+    Image.fromarray(np.random.default_rng(1).integers(0, 256, (8, 10, 3), np.uint8)).save(tmp_path / "a.png")
+    outputs = []
+    for flag in ([], ["--dense-pallas"]):
+        out_path = tmp_path / f"lr{len(flag)}.png"
+        args = ("down", tmp_path / "a.png", out_path, "--checkpoint", tmp_path / "irn_x2.npz", "--bucket", 0, *flag)
+        assert cli(capsys, *args)[0] == 0
+        assert bool(calls) == bool(flag), "the flag switches the DenseBlocks to the Pallas kernels"
+        outputs.append(lr_files.read_lr_png(out_path).pixels.astype(int))
+    assert np.abs(outputs[0] - outputs[1]).max() <= 1 and np.mean(outputs[0] == outputs[1]) > 0.95
+
+
+def test_eval_passes_dense_pallas_to_the_model(workdir, tmp_path, monkeypatch):
+    seen = []
+
+    def load(*args, **kwargs):
+        seen.append(kwargs)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(evaluate, "load_model_and_params", load)
+    base = ["--checkpoint", str(workdir), "--datasets", str(tmp_path), "--out", str(tmp_path / "out")]
+    assert evaluate.main(base) == 2 and evaluate.main([*base, "--dense-pallas"]) == 2
+    assert [k["dense_pallas"] for k in seen] == [None, True]
