@@ -14,6 +14,11 @@ layers' gradients with their kernels flipped and transposed.
 Channel counts must be powers of two of at least 16 (Triton's blocks and matrix units): the input and the last
 layer's output are padded with zeros; the growth (IRN: 32) must already be one. On GPUs the kernels compile with
 Triton; on other backends they run in Pallas' interpreter (correct, slow: for tests).
+
+Several devices: XLA cannot split a Pallas kernel over a sharded batch (it would gather the batch and run all of
+it on every device), so under an abstract mesh with a ``'data'`` axis (`jax.sharding.use_abstract_mesh`, as the
+training step sets) `dense_block` runs per device with `jax.shard_map`; the kernel gradients are summed over the
+devices by shard_map's transpose.
 """
 
 import dataclasses
@@ -24,6 +29,9 @@ import jax
 import jax.numpy as jnp
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import triton as plt
+from jax.sharding import PartitionSpec
+
+from irrm_jax.parallel import DATA_AXIS
 
 SLOPE = 0.2  # LeakyReLU's negative slope in IRN's DenseBlock
 BLOCK_ROWS = 64  # rows (pixels) one kernel program computes
@@ -277,12 +285,28 @@ def padded_channels(c: int) -> int:
 def dense_block(x: jax.Array, kernels: Sequence[jax.Array], biases: Sequence[jax.Array], dtype) -> jax.Array:
     """IRN's DenseBlock (`subnets.DenseBlock`'s function) on (n, h, w, c_in), from its HWIO kernels and biases.
 
-    Layer k sees [x, x1, ..., xk] concatenated in that order; returns (n, h, w, features) in dtype.
+    Layer k sees [x, x1, ..., xk] concatenated in that order; returns (n, h, w, features) in dtype. Under an
+    abstract mesh with a 'data' axis, each device runs its part of the batch.
     """
-    n, h, w, c_in = x.shape
-    growth, features = kernels[0].shape[-1], kernels[-1].shape[-1]
+    growth = kernels[0].shape[-1]
     if growth != padded_channels(growth):
         raise ValueError(f"dense_pallas needs a growth that is a power of two >= 16, got {growth}.")
+    mesh = jax.sharding.get_abstract_mesh()
+    if DATA_AXIS in mesh.axis_names and mesh.shape[DATA_AXIS] > 1:
+        data, same = PartitionSpec(DATA_AXIS), PartitionSpec()
+        per_device = jax.shard_map(  # check_vma=False: pallas_call's outputs carry no per-device variance
+            functools.partial(_dense_block_on_device, dtype=dtype),
+            in_specs=(data, same, same),
+            out_specs=data,
+            check_vma=False,
+        )
+        return per_device(x, list(kernels), list(biases))
+    return _dense_block_on_device(x, kernels, biases, dtype)
+
+
+def _dense_block_on_device(x, kernels, biases, dtype):
+    n, h, w, c_in = x.shape
+    growth, features = kernels[0].shape[-1], kernels[-1].shape[-1]
     layout = FlatLayout(n, h, w, BLOCK_ROWS)
     c_x, c_out = padded_channels(c_in), padded_channels(features)
     flat_kernels = []

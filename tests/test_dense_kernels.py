@@ -137,11 +137,14 @@ def test_irn_with_pallas_dense_blocks_is_the_same_invertible_model():
     assert "pallas_call" in jaxpr and "conv_general_dilated" not in jaxpr
 
 
-def test_training_refuses_pallas_dense_blocks_on_several_devices():
-    from irrm_jax.losses import LossConfig
-    from irrm_jax.train import make_train_step
-
-    model = build_model("irn", 2, blocks_per_level=(1,), dense_pallas=True)
-    two_devices = jax.sharding.AbstractMesh((2,), ("data",))
-    with pytest.raises(ValueError, match="one device only"):
-        make_train_step(model, None, None, LossConfig(lambda_fit=4.0), two_devices)
+def test_under_a_data_mesh_each_device_runs_its_part_of_the_batch():
+    x, params = normal(4, 5, 5, 3), DenseBlock(9, growth=16)
+    variables = params.init(jax.random.key(0), x)
+    kernels = [variables["params"][f"conv{i}"]["kernel"] for i in range(1, 6)]
+    biases = [variables["params"][f"conv{i}"]["bias"] for i in range(1, 6)]
+    run = lambda x: dk.dense_block(x, kernels, biases, jnp.float32)  # noqa: E731
+    assert "shard_map" not in str(jax.make_jaxpr(run)(x))
+    mesh = jax.sharding.AbstractMesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))  # as the step's
+    with jax.sharding.use_abstract_mesh(mesh):
+        jaxpr = str(jax.make_jaxpr(run)(x))
+    assert "shard_map" in jaxpr and "f32[2,5,5,3]" in jaxpr, "each device sees half the batch"

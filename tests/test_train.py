@@ -251,3 +251,20 @@ def test_steps_per_call_trains_the_same_run(tmp_path):
 def test_intervals_must_be_multiples_of_steps_per_call(tmp_path):
     with pytest.raises(ValueError, match=r"train.log_every \(3\) must be a multiple of train.steps_per_call \(2\)"):
         _run_in_process(tmp_path, steps_per_call=2, log_every=3)
+
+
+@pytest.mark.timeout(300)
+def test_pallas_dense_blocks_same_global_batch_on_2_devices_and_1_device(tmp_path):
+    """The Pallas DenseBlocks run per device under shard_map; the step equals the one-device step."""
+    args = [
+        "steps",
+        "--dense-pallas",
+        "--out",
+        str(tmp_path / "p2.npz"),
+        "--single-device-out",
+        str(tmp_path / "p1.npz"),
+    ]
+    assert "2 devices" in finish(launch(args, devices=2))
+    on_two, on_one = load(tmp_path / "p2.npz"), load(tmp_path / "p1.npz")
+    assert any("conv5" in k for k in on_one), "an IRN (DenseBlocks)"
+    assert_params_close(on_two, on_one, atol=1e-5)

@@ -5,7 +5,7 @@ before JAX starts, hence a separate process), optionally as one of several `jax.
 
     python tests/train_worker.py train --workdir DIR --steps 2 --out params.npz
     python tests/train_worker.py steps --steps 2 --out params.npz [--single-device-out p1.npz]
-        [--train-workdir DIR] [--coordinator localhost:PORT --num-processes 2 --process-id 0]
+        [--train-workdir DIR] [--coordinator localhost:PORT --num-processes 2 --process-id 0] [--dense-pallas]
 
 ``train`` runs `train_and_evaluate` with configs/test.py. ``steps`` runs `make_train_step`, from random
 non-zero parameters, on fixed global batches (the same for any device or process count) over a mesh of every
@@ -85,11 +85,14 @@ def main() -> None:
     parser.add_argument("--coordinator")
     parser.add_argument("--num-processes", type=int)
     parser.add_argument("--process-id", type=int)
+    parser.add_argument("--dense-pallas", action="store_true", help="a one-coupling IRN x2 with Pallas DenseBlocks")
     args = parser.parse_args()
     if args.coordinator:
         parallel.initialize_distributed(args.coordinator, args.num_processes, args.process_id)
     config = test_config.get_config()
     config.train.num_steps = args.steps
+    if args.dense_pallas:
+        config.model.name, config.model.dense_pallas, config.model.overrides.nf = "irn", True, 16
     if args.mode == "train":
         state = train.train_and_evaluate(config, args.workdir)
         params = flat_params(jax.tree.map(lambda a: a.addressable_data(0), state.params))
