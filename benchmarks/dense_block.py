@@ -12,13 +12,12 @@ Timings: median of 5 runs of 10 calls after a warm-up, microseconds per call.
 
 import argparse
 import json
-import statistics
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.speed import timed
 from irrm_jax.subnets import DenseBlock
 
 VARIANTS = {
@@ -28,16 +27,10 @@ VARIANTS = {
 }
 
 
-def median_us(fn, *args, runs: int = 5, calls: int = 10) -> float:
+def median_us(fn, *args) -> float:
+    """Median microseconds per call of fn(*args) (5 runs of 10 calls, after a warm-up), timed like speed.py."""
     jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        for _ in range(calls):
-            out = fn(*args)
-        jax.block_until_ready(out)
-        times.append((time.perf_counter() - start) / calls * 1e6)
-    return statistics.median(times)
+    return 1e6 * timed(lambda: fn(*args), repeats=5, steps=10)
 
 
 def rel_diff(a, b) -> float:

@@ -10,7 +10,7 @@ import pytest
 
 from irrm_jax import dense_kernels as dk
 from irrm_jax.models import build_model
-from irrm_jax.subnets import DenseBlock
+from irrm_jax.subnets import DenseBlock, conv3x3
 from irrm_jax.verify import random_nonzero_params
 
 RNG = np.random.default_rng(0)
@@ -18,10 +18,6 @@ RNG = np.random.default_rng(0)
 
 def normal(*shape):
     return jnp.asarray(RNG.standard_normal(shape), jnp.float32)
-
-
-def xla_conv(x, kernel):
-    return jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
 
 
 def test_flat_layout_round_trip_and_zero_padding():
@@ -47,7 +43,7 @@ def test_conv_of_two_inputs_matches_xla(epilogue):
     layout = dk.FlatLayout(2, 6, 5, block=16)
     a, b = normal(2, 6, 5, 16), normal(2, 6, 5, 32)
     ka, kb, bias = normal(3, 3, 16, 16), normal(3, 3, 32, 16), normal(16)
-    ref = xla_conv(jnp.concatenate([a, b], -1), jnp.concatenate([ka, kb], 2))
+    ref = conv3x3(jnp.concatenate([a, b], -1), jnp.concatenate([ka, kb], 2), jnp.float32)
     if epilogue != "none":
         ref = ref + bias
     if epilogue == "bias_leaky":
@@ -68,7 +64,7 @@ def test_weight_grad_matches_autodiff():
     layout = dk.FlatLayout(2, 6, 5, block=16)
     x, g = normal(2, 6, 5, 16), normal(2, 6, 5, 16)
     kernel = normal(3, 3, 16, 16)
-    ref = jax.grad(lambda k: jnp.sum(xla_conv(x, k) * g))(kernel)
+    ref = jax.grad(lambda k: jnp.sum(conv3x3(x, k, jnp.float32) * g))(kernel)
     (grad,) = dk.weight_grad([dk.to_flat(x, layout, 16)], dk.to_flat(g, layout, 16), layout)
     chex.assert_trees_all_close(grad.reshape(3, 3, 16, 16), ref, atol=1e-4, rtol=1e-5)
 
