@@ -156,7 +156,7 @@ def _conv_kernel(*refs, layout: FlatLayout, n_inputs: int, epilogue: str):
         if epilogue in ("bias", "bias_leaky"):
             acc += extra[0][...].astype(acc_dtype)[None, :]
         if epilogue == "bias_leaky":
-            acc = jnp.where(acc >= 0, acc, SLOPE * acc)
+            acc = jax.nn.leaky_relu(acc, SLOPE)
         if epilogue == "leaky_grad":  # extra[0] is the LeakyReLU's output: its sign is its input's
             acc = jnp.where(extra[0][pl.ds(start, block), :] >= 0, acc, SLOPE * acc)
         keep = interior(layout, start + jax.lax.broadcasted_iota(jnp.int32, (block,), 0))
@@ -247,11 +247,11 @@ def dense_block_flat(layout: FlatLayout, x: jax.Array, kernels: tuple, biases: t
 
 def _dense_block_fwd(layout, x, kernels, biases):
     feats = _forward(layout, x, kernels, biases)
-    return feats[-1], (feats[:-1], kernels, biases)
+    return feats[-1], (feats[:-1], kernels)
 
 
 def _dense_block_bwd(layout, residuals, g):
-    feats, kernels, biases = residuals
+    feats, kernels = residuals  # every array here is in the block's compute dtype, the biases too
     layers = len(kernels)
     keep = interior(layout, jnp.arange(layout.rows, dtype=jnp.int32))[:, None]
     dz = [None] * layers  # gradients of each layer's pre-activation
@@ -268,9 +268,7 @@ def _dense_block_bwd(layout, residuals, g):
         )
         for k in range(layers)
     )
-    bias_grads = tuple(
-        jnp.sum(d.astype(accumulator_dtype(d.dtype)), axis=0).astype(b.dtype) for d, b in zip(dz, biases, strict=True)
-    )
+    bias_grads = tuple(jnp.sum(d.astype(accumulator_dtype(d.dtype)), axis=0).astype(d.dtype) for d in dz)
     return dx, kernel_grads, bias_grads
 
 

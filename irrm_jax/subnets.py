@@ -112,7 +112,6 @@ class DenseBlock(nn.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         c_in = x.shape[-1]
         multiple = 1 if self.outward or self.pallas else self.channel_multiple
-        x_in = x
         x, zero_channels = pad_channels(x, multiple, self.dtype)
         convs = [
             Conv3x3(
@@ -127,7 +126,7 @@ class DenseBlock(nn.Module):
             for i in range(1, 6)
         ]
         if self.pallas:
-            return dense_kernels.dense_block(x_in, [c.kernel for c in convs], [c.bias for c in convs], self.dtype)
+            return dense_kernels.dense_block(x, [c.kernel for c in convs], [c.bias for c in convs], self.dtype)
         if self.outward:
             return self._outward(x, convs)
         feats = [x]
