@@ -10,6 +10,8 @@ L2, Adam, norms for the logs), jitted with buffer donation, data parallel over t
 The round trip is jitted downscale (forward + 8-bit quantisation) then upscale (inverse with z ~ N(0, I)) of
 one `--roundtrip` image.
 
+`--profile DIR` also traces 3 calls of each training step (after the timing) for `benchmarks.profile_summary`.
+
 `--steps-per-call K` runs K steps in one jitted call (`irrm_jax.train.make_multi_step`, as the loop does with
 `train.steps_per_call`; step time = call time / K): one dispatch from the host instead of K.
 
@@ -51,6 +53,9 @@ VARIANT_OPTIONS = {
 }
 
 
+PROFILED_CALLS = 3  # calls traced by --profile, after the timing
+
+
 def model_for(spec: str, variant: str):
     name, scale = spec.rsplit("_x", 1)
     options = {}
@@ -87,6 +92,7 @@ def bench_train(
     repeats: int,
     steps: int,
     steps_per_call: int = 1,
+    profile_dir: str | None = None,
 ) -> dict:
     if devices > jax.device_count():
         raise ValueError(f"{devices} devices asked for, {jax.device_count()} available")
@@ -118,6 +124,9 @@ def bench_train(
     for _ in range(3):
         one()
     seconds = timed(one, repeats, steps) / steps_per_call
+    if profile_dir:
+        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+            jax.block_until_ready([one() for _ in range(PROFILED_CALLS)])
     return {
         "model": spec,
         "variant": variant,
@@ -174,6 +183,11 @@ def main() -> None:
     )
     parser.add_argument("--label", default="", help="appended to the variant name (e.g. the XLA_FLAGS in use)")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument(
+        "--profile",
+        help=f"trace {PROFILED_CALLS} training-step calls of each configuration into"
+        " PROFILE/<model>_<variant>_b<batch>_d<devices> (jax.profiler; summarise with benchmarks.profile_summary)",
+    )
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}", flush=True)
     results = []
@@ -184,8 +198,17 @@ def main() -> None:
                     r = {"model": spec, "devices": devices, "batch_per_device": batch}
                     if not args.no_train:
                         try:
+                            profile_dir = args.profile and f"{args.profile}/{spec}_{variant}_b{batch}_d{devices}"
                             r = bench_train(
-                                spec, variant, batch, args.patch, devices, args.repeats, args.steps, args.steps_per_call
+                                spec,
+                                variant,
+                                batch,
+                                args.patch,
+                                devices,
+                                args.repeats,
+                                args.steps,
+                                args.steps_per_call,
+                                profile_dir,
                             )
                         except Exception as error:  # jax's runtime error type moved between versions
                             if "RESOURCE_EXHAUSTED" not in str(error):

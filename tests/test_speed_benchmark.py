@@ -8,13 +8,16 @@ import pytest
 from benchmarks import speed
 
 
-def test_train_step_benchmark_reports_time_memory_and_compile():
-    r = speed.bench_train("irrm_s_x4", "pad8", batch=1, patch=16, devices=1, repeats=1, steps=1)
+def test_train_step_benchmark_reports_time_memory_and_compile(tmp_path):
+    r = speed.bench_train(
+        "irrm_s_x4", "pad8", batch=1, patch=16, devices=1, repeats=1, steps=1, profile_dir=str(tmp_path / "prof")
+    )
     assert r["step_ms"] > 0 and r["compile_s"] > 0
     assert r["patches_per_s"] == pytest.approx(1e3 / r["step_ms"])
     # The compiled step holds at least the parameters and the two Adam moments (float32).
     assert r["step_memory_gb"] * 2**30 > 3 * 4 * 714_840
     assert r["final_loss"] > 0
+    assert list((tmp_path / "prof").rglob("perfetto_trace.json.gz"))  # --profile traced the step
 
 
 def test_more_devices_than_available_is_an_error():
