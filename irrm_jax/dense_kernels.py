@@ -38,6 +38,7 @@ BLOCK_ROWS = 64  # rows (pixels) one kernel program computes
 NUM_WARPS = 2  # Triton: warps per program
 NUM_STAGES = 3  # Triton: software-pipelining depth of the loops over taps and blocks
 _ANY = pl.BlockSpec(memory_space=pl.ANY)
+_CONTRACT_LAST = (((1,), (1,)), ((), ()))  # dot_general: a (m, k) times b (n, k) -> (m, n)
 
 
 def accumulator_dtype(dtype) -> jnp.dtype:
@@ -120,10 +121,11 @@ def from_flat(x: jax.Array, layout: FlatLayout, channels: int) -> jax.Array:
     return pixels.reshape(layout.n, layout.h + 2, layout.w + 2, channels)[:, 1:-1, 1:-1]
 
 
-def _pallas(kernel, out_shape, grid, n_operands):
+def _pallas(kernel, name, out_shape, grid, n_operands):
     on_gpu = jax.default_backend() == "gpu"
     return pl.pallas_call(
         kernel,
+        name=name,
         out_shape=out_shape,
         grid=grid,
         in_specs=[_ANY] * n_operands,
@@ -146,11 +148,11 @@ def _conv_kernel(*refs, layout: FlatLayout, n_inputs: int, epilogue: str):
         acc_dtype = accumulator_dtype(out_ref.dtype)
         acc = jnp.zeros((block, cout), acc_dtype)
         for x_ref, w_ref in zip(inputs, weights, strict=True):
-            c = x_ref.shape[1]
 
-            def add_tap(tap, acc, x_ref=x_ref, w_ref=w_ref, c=c):  # a loop, so that Triton pipelines the loads
+            def add_tap(tap, acc, x_ref=x_ref, w_ref=w_ref):  # a loop, so that Triton pipelines the loads
                 x = x_ref[pl.ds(start + layout.offset(tap), block), :]
-                return acc + jnp.dot(x, w_ref[pl.ds(tap * c, c), :], preferred_element_type=acc_dtype)
+                w = w_ref[pl.ds(tap * cout, cout), :]  # (cout, c): both operands contiguous along c
+                return acc + jax.lax.dot_general(x, w, _CONTRACT_LAST, preferred_element_type=acc_dtype)
 
             acc = jax.lax.fori_loop(0, 9, add_tap, acc)
         if epilogue in ("bias", "bias_leaky"):
@@ -183,10 +185,12 @@ def conv(
         LeakyReLU's slope where the flat array `extra`, the activation's output, is negative) or "none".
     """
     cout = kernels[0].shape[-1]
-    operands = [*inputs, *(k.reshape(-1, cout) for k in kernels), *([] if extra is None else [extra])]
+    kernels_t = (jnp.swapaxes(k, 1, 2).reshape(9 * cout, -1) for k in kernels)  # taps of (cout, c_i)
+    operands = [*inputs, *kernels_t, *([] if extra is None else [extra])]
     kernel = functools.partial(_conv_kernel, layout=layout, n_inputs=len(inputs), epilogue=epilogue)
     out_shape = jax.ShapeDtypeStruct((layout.rows, cout), inputs[0].dtype)
-    return _pallas(kernel, out_shape, (layout.total_blocks,), len(operands))(*operands)
+    name = f"dense_conv_{epilogue}_{layout.h}x{layout.w}"  # names the Triton kernel in profiles
+    return _pallas(kernel, name, out_shape, (layout.total_blocks,), len(operands))(*operands)
 
 
 def _weight_grad_kernel(*refs, layout: FlatLayout, n_inputs: int):
@@ -222,7 +226,8 @@ def weight_grad(inputs: Sequence[jax.Array], grad: jax.Array, layout: FlatLayout
     cout = grad.shape[1]
     out_shape = [jax.ShapeDtypeStruct((chunks * 9 * x.shape[1], cout), accumulator_dtype(grad.dtype)) for x in inputs]
     kernel = functools.partial(_weight_grad_kernel, layout=layout, n_inputs=len(inputs))
-    partials = _pallas(kernel, out_shape, (9, chunks), len(inputs) + 1)(*inputs, grad)
+    name = f"dense_weight_grad_{layout.h}x{layout.w}"
+    partials = _pallas(kernel, name, out_shape, (9, chunks), len(inputs) + 1)(*inputs, grad)
     return tuple(p.reshape(chunks, 9, x.shape[1], cout).sum(0) for p, x in zip(partials, inputs, strict=True))
 
 
