@@ -2,7 +2,7 @@
 
 The chain, in order::
 
-    clip_by_global_norm(clip_norm)          # PyTorch clip_grad_norm_ before the step
+    clip_by_global_norm(clip_norm)          # PyTorch clip_grad_norm_ before the step (optax's, norm below)
     add_decayed_weights(weight_decay)       # torch.optim.Adam's weight_decay: wd * theta added to the gradient
     scale_by_adam(b1, b2, eps)
     scale(-learning_rate(count))            # count = updates done so far, from 0
@@ -14,7 +14,32 @@ update 100,001 the first decayed one (PyTorch's MultiStepLR stepped after each u
 
 from collections.abc import Sequence
 
+import jax
+import jax.numpy as jnp
 import optax
+
+
+def global_norm(tree) -> jax.Array:
+    """The L2 norm of all entries of all leaves (float32), summed as one flat vector.
+
+    The same value as `optax.tree.norm` up to rounding, in one reduction: optax reduces each leaf in its own GPU
+    kernel, about 1,500 launches a training step for IRN x4's three norms (benchmarks/NOTES.md).
+    """
+    flat = jnp.concatenate([jnp.ravel(leaf).astype(jnp.float32) for leaf in jax.tree.leaves(tree)])
+    return jnp.sqrt(jnp.sum(jnp.square(flat)))
+
+
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformation:
+    """`optax.clip_by_global_norm` (updates scaled by max_norm / norm when norm >= max_norm), with `global_norm`."""
+
+    def update(updates, state, params=None):
+        del params
+        norm = global_norm(updates)
+        return jax.tree.map(
+            lambda t: jnp.where(norm < max_norm, t, t / norm.astype(t.dtype) * max_norm), updates
+        ), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def learning_rate_schedule(learning_rate: float, milestones: Sequence[int], gamma: float) -> optax.Schedule:
@@ -55,7 +80,7 @@ def create_optimizer(
         raise ValueError(f"clip_norm must be > 0, got {clip_norm!r}.")
     schedule = learning_rate_schedule(learning_rate, milestones, gamma)
     return optax.chain(
-        optax.clip_by_global_norm(clip_norm),
+        clip_by_global_norm(clip_norm),
         optax.add_decayed_weights(weight_decay),
         optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
         optax.scale_by_learning_rate(schedule),

@@ -41,6 +41,7 @@ from irrm_jax.input_pipeline import EvalImage
 from irrm_jax.losses import LossConfig, rescaling_loss
 from irrm_jax.metric_writers import MetricWriter
 from irrm_jax.models import InvertibleRescaler
+from irrm_jax.optimizer import global_norm
 from irrm_jax.parallel import batch_sharded, make_data_mesh, replicated, stacked_batches_sharded
 from irrm_jax.resize import bicubic_downscale
 from irrm_jax.train_state import (
@@ -170,9 +171,9 @@ def make_train_step(
         params = optax.apply_updates(state.params, updates)
         out = dict(
             terms,
-            grad_norm=optax.tree.norm(grads),
-            param_norm=optax.tree.norm(params),
-            update_norm=optax.tree.norm(updates),
+            grad_norm=global_norm(grads),
+            param_norm=global_norm(params),
+            update_norm=global_norm(updates),
             learning_rate=jnp.asarray(learning_rate(state.step), jnp.float32),
         )
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)

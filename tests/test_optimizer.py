@@ -1,11 +1,13 @@
 """IRN's optimiser against a hand-rolled PyTorch-style Adam with coupled L2, clipping and MultiStepLR."""
 
+import chex
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
-from irrm_jax.optimizer import create_optimizer, learning_rate_schedule
+from irrm_jax.optimizer import clip_by_global_norm, create_optimizer, global_norm, learning_rate_schedule
 
 
 def torch_style_adam(params, grads_per_step, lr, milestones, gamma, b1, b2, eps, wd, clip):
@@ -51,6 +53,21 @@ def test_chain_matches_hand_rolled_coupled_l2_adam():
         p = optax.apply_updates(p, updates)
     for k in params:
         np.testing.assert_allclose(p[k], expected[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_global_norm_and_clipping_match_optax():
+    rng = np.random.default_rng(1)
+    tree = {"a": rng.normal(size=(3, 3, 5, 4)), "b": [rng.normal(size=(4,)), rng.normal(size=())]}
+    expected = np.sqrt(sum(np.sum(x**2) for x in jax.tree.leaves(tree)))
+    tree = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), tree)
+    assert float(global_norm(tree)) == pytest.approx(expected, rel=1e-6)
+    assert float(global_norm(tree)) == pytest.approx(float(optax.tree.norm(tree)), rel=1e-6)
+    # bfloat16 leaves are summed in float32.
+    assert float(global_norm(jax.tree.map(lambda x: x.astype(jnp.bfloat16), tree))) == pytest.approx(expected, rel=1e-2)
+    for max_norm in (0.5 * expected, 2 * expected):  # clipped, then left alone
+        ours, _ = clip_by_global_norm(max_norm).update(tree, None)
+        theirs, _ = optax.clip_by_global_norm(max_norm).update(tree, optax.EmptyState())
+        chex.assert_trees_all_close(ours, theirs, rtol=1e-6)
 
 
 def test_weight_decay_is_coupled_not_decoupled():
