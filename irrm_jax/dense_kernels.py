@@ -7,7 +7,7 @@ outside the image pixels, and every kernel keeps it so by masking what it writes
 
 Kernels. `conv` is one 3x3 convolution of several flat inputs (a DenseBlock layer reads x, x1, ..., x_k
 without concatenating them) with its epilogue fused (bias, LeakyReLU, or LeakyReLU's backward);
-`weight_grad` gives the kernel gradients. `dense_block` chains them and has its own backward
+`weight_grad` gives the kernel and bias gradients. `dense_block` chains them and has its own backward
 (`jax.custom_vjp`) built from the same two kernels: a feature map's gradient is the convolution of the later
 layers' gradients with their kernels flipped and transposed.
 
@@ -194,41 +194,54 @@ def conv(
 
 
 def _weight_grad_kernel(*refs, layout: FlatLayout, n_inputs: int):
-    inputs, grad_ref, outs = refs[:n_inputs], refs[n_inputs], refs[n_inputs + 1 :]
+    inputs, grad_ref, out_ref = refs[:n_inputs], refs[n_inputs], refs[n_inputs + 1]
     block = layout.block
     tap, chunk = pl.program_id(0), pl.program_id(1)
     offset = layout.offset(tap)
     first = (layout.margin_blocks + chunk * layout.chunk_blocks) * block
     cout, acc_dtype = grad_ref.shape[1], accumulator_dtype(grad_ref.dtype)
+    channels = [x_ref.shape[1] for x_ref in inputs]
 
     def add_block(b, sums):
         start = first + b * block
         g = grad_ref[pl.ds(start, block), :]
-        products = (
+        products = [
             jax.lax.dot_general(
                 x_ref[pl.ds(start + offset, block), :], g, (((0,), (0,)), ((), ())), preferred_element_type=acc_dtype
             )
             for x_ref in inputs
-        )
+        ]
+        products.append(jnp.sum(g.astype(acc_dtype), axis=0))  # the bias gradient's part
         return tuple(s + p for s, p in zip(sums, products, strict=True))
 
-    zeros = tuple(jnp.zeros((x_ref.shape[1], cout), acc_dtype) for x_ref in inputs)
-    sums = jax.lax.fori_loop(0, layout.chunk_blocks, add_block, zeros)
-    for x_ref, out_ref, s in zip(inputs, outs, sums, strict=True):
-        c = x_ref.shape[1]
-        out_ref[pl.ds((chunk * 9 + tap) * c, c), :] = s
+    zeros = tuple(jnp.zeros((c, cout), acc_dtype) for c in channels) + (jnp.zeros((cout,), acc_dtype),)
+    *sums, bias = jax.lax.fori_loop(0, layout.chunk_blocks, add_block, zeros)
+    row = (chunk * 9 + tap) * (sum(channels) + 1)
+    for c, s in zip(channels, sums, strict=True):
+        out_ref[pl.ds(row, c), :] = s
+        row += c
+    out_ref[pl.ds(row, 1), :] = jnp.where(tap == 4, bias, 0.0)[None, :]  # kept once: the centre tap's programs
 
 
-def weight_grad(inputs: Sequence[jax.Array], grad: jax.Array, layout: FlatLayout) -> tuple[jax.Array, ...]:
-    """Gradients (9, c_i, cout) of conv(inputs, kernels)'s kernels (`accumulator_dtype`), given the flat output
-    gradient."""
+def weight_grad(
+    inputs: Sequence[jax.Array], grad: jax.Array, layout: FlatLayout
+) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    """Gradients of conv(inputs, kernels) + bias, given the flat output gradient: the kernels' (9, c_i, cout) each and
+    the bias' (cout,), in `accumulator_dtype`.
+
+    Each program sums its tap's products over a chunk of rows into one partial array for all inputs (the bias
+    gradient as one more row); XLA then adds the chunks' partials in one reduction a layer.
+    """
     chunks = layout.core_blocks // layout.chunk_blocks
-    cout = grad.shape[1]
-    out_shape = [jax.ShapeDtypeStruct((chunks * 9 * x.shape[1], cout), accumulator_dtype(grad.dtype)) for x in inputs]
+    channels, cout = [x.shape[1] for x in inputs], grad.shape[1]
+    total = sum(channels) + 1
+    out_shape = jax.ShapeDtypeStruct((chunks * 9 * total, cout), accumulator_dtype(grad.dtype))
     kernel = functools.partial(_weight_grad_kernel, layout=layout, n_inputs=len(inputs))
     name = f"dense_weight_grad_{layout.h}x{layout.w}"
-    partials = _pallas(kernel, name, out_shape, (9, chunks), len(inputs) + 1)(*inputs, grad)
-    return tuple(p.reshape(chunks, 9, x.shape[1], cout).sum(0) for p, x in zip(partials, inputs, strict=True))
+    summed = _pallas(kernel, name, out_shape, (9, chunks), len(inputs) + 1)(*inputs, grad)
+    summed = summed.reshape(chunks, 9, total, cout).sum(0)
+    starts = [sum(channels[:i]) for i in range(len(channels))]
+    return tuple(summed[:, a : a + c] for a, c in zip(starts, channels, strict=True)), summed[4, -1]
 
 
 def _flipped(kernel: jax.Array) -> jax.Array:
@@ -267,14 +280,12 @@ def _dense_block_bwd(layout, residuals, g):
             [dz[k] for k in later], [_flipped(kernels[k][j]) for k in later], layout, "leaky_grad", feats[j]
         )
     dx = conv(dz, [_flipped(kernels[k][0]) for k in range(layers)], layout, "none")
-    kernel_grads = tuple(
-        tuple(
-            gk.astype(kk.dtype) for gk, kk in zip(weight_grad(feats[: k + 1], dz[k], layout), kernels[k], strict=True)
-        )
-        for k in range(layers)
-    )
-    bias_grads = tuple(jnp.sum(d.astype(accumulator_dtype(d.dtype)), axis=0).astype(d.dtype) for d in dz)
-    return dx, kernel_grads, bias_grads
+    kernel_grads, bias_grads = [], []
+    for k in range(layers):
+        grads, bias_grad = weight_grad(feats[: k + 1], dz[k], layout)
+        kernel_grads.append(tuple(gk.astype(kk.dtype) for gk, kk in zip(grads, kernels[k], strict=True)))
+        bias_grads.append(bias_grad.astype(dz[k].dtype))
+    return dx, tuple(kernel_grads), tuple(bias_grads)
 
 
 dense_block_flat.defvjp(_dense_block_fwd, _dense_block_bwd)

@@ -65,8 +65,14 @@ def test_weight_grad_matches_autodiff():
     x, g = normal(2, 6, 5, 16), normal(2, 6, 5, 16)
     kernel = normal(3, 3, 16, 16)
     ref = jax.grad(lambda k: jnp.sum(conv3x3(x, k, jnp.float32) * g))(kernel)
-    (grad,) = dk.weight_grad([dk.to_flat(x, layout, 16)], dk.to_flat(g, layout, 16), layout)
+    x2, kernel2 = normal(2, 6, 5, 32), normal(3, 3, 32, 16)  # a second input: its own part of the sums
+    ref2 = jax.grad(lambda k: jnp.sum(conv3x3(x2, k, jnp.float32) * g))(kernel2)
+    (grad, grad2), bias = dk.weight_grad(
+        [dk.to_flat(x, layout, 16), dk.to_flat(x2, layout, 32)], dk.to_flat(g, layout, 16), layout
+    )
     chex.assert_trees_all_close(grad.reshape(3, 3, 16, 16), ref, atol=1e-4, rtol=1e-5)
+    chex.assert_trees_all_close(grad2.reshape(3, 3, 32, 16), ref2, atol=1e-4, rtol=1e-5)
+    chex.assert_trees_all_close(bias, jnp.sum(g, axis=(0, 1, 2)), atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("c_in,features", [(3, 9), (20, 3)])
