@@ -6,8 +6,8 @@
 Reads the newest ``perfetto_trace.json.gz`` under the path (``jax.profiler.trace(..., create_perfetto_trace=True)``
 writes one; so does the training loop's ``train.profile_steps``). Counts the kernels on the GPU streams of every
 device (threads named ``Stream ...`` of the ``/device:...`` processes), per traced call: busy time (the union of the
-kernels' intervals), span (first start to last end) and the sum of kernel durations by category and by name.
-Prints Markdown tables; ``--json`` writes them.
+kernels' intervals), span (first start to last end) and the sum of kernel durations by category and by name
+(the instances of one kernel, which XLA numbers, together). Prints Markdown tables; ``--json`` writes them.
 """
 
 import argparse
@@ -38,6 +38,11 @@ def find_trace(path: Path) -> Path:
 
 def category(name: str) -> str:
     return next(c for c, pattern in CATEGORIES if re.search(pattern, name))
+
+
+def kernel_name(name: str) -> str:
+    """The name without XLA's numeric suffix for repeated instances (``fusion_12``, ``dense_conv_..._72x72__3``)."""
+    return re.sub(r"_+\d+$", "", name)
 
 
 def union_length(intervals: list[tuple[float, float]]) -> float:
@@ -81,7 +86,7 @@ def summarize(trace: Path, calls: int, top: int) -> dict:
         intervals = [(e["ts"], e["ts"] + e["dur"]) for e in kernels]
         by_name, by_category = collections.defaultdict(lambda: [0, 0.0]), collections.defaultdict(lambda: [0, 0.0])
         for e in kernels:
-            for table, key in ((by_name, e["name"]), (by_category, category(e["name"]))):
+            for table, key in ((by_name, kernel_name(e["name"])), (by_category, category(e["name"]))):
                 table[key][0] += 1
                 table[key][1] += e["dur"]
         rows = lambda table: [  # noqa: E731

@@ -19,9 +19,9 @@ def _trace(tmp_path):
         meta(2, 9, "thread_name", "XLA Ops"),  # the same work seen as HLO ops: not counted again
         {"ph": "X", "pid": 1, "tid": 1, "name": "PjitFunction(step)", "ts": 0, "dur": 500},
         kernel(7, "dense_conv_bias_leaky_72x72", 100, 40),
-        kernel(7, "dense_conv_bias_leaky_72x72", 150, 60),
+        kernel(7, "dense_conv_bias_leaky_72x72__1", 150, 60),  # XLA's second instance: counted with the first
         kernel(7, "dense_weight_grad_72x72", 210, 30),
-        kernel(7, "loop_add_fusion", 300, 20),
+        kernel(7, "loop_add_fusion_12", 300, 20),
         kernel(8, "Memcpy HtoD", 120, 50),  # overlaps the first two kernels by 20 + 10 us
         kernel(9, "custom-call.12", 100, 400),
     ]
@@ -48,6 +48,7 @@ def test_summary_counts_device_streams_per_call(tmp_path):
     }
     first = device["kernels"][0]
     assert (first["name"], first["kernels_per_call"], first["mean_us"]) == ("dense_conv_bias_leaky_72x72", 1, 50)
+    assert [r["name"] for r in device["kernels"]][1:] == ["Memcpy HtoD", "dense_weight_grad_72x72", "loop_add_fusion"]
 
 
 def test_a_trace_without_device_kernels_is_a_clear_error(tmp_path):
