@@ -52,7 +52,7 @@ from tqdm import tqdm
 from irrm_jax import datasets, lr_files
 from irrm_jax.datasets import ImageSource
 from irrm_jax.images import mod_crop
-from irrm_jax.inference import Rescaler, load_model_and_params
+from irrm_jax.inference import Rescaler, add_dense_pallas_flag, load_model_and_params
 from irrm_jax.metrics import MeanAccumulator, psnr_rgb, psnr_y, ssim_y
 from irrm_jax.resize import bicubic_roundtrip
 
@@ -507,11 +507,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-images", action="store_true", help="do not write LR and reconstruction PNGs")
     parser.add_argument("--no-figures", action="store_true", help="do not draw figures")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
-    parser.add_argument(
-        "--dense-pallas",
-        action="store_true",
-        help="run IRN's DenseBlocks as Pallas kernels (same results; faster on NVIDIA GPUs, slow elsewhere)",
-    )
+    add_dense_pallas_flag(parser)
     return parser
 
 

@@ -29,6 +29,7 @@ Conventions:
 
 from __future__ import annotations
 
+import argparse
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -49,6 +50,15 @@ DEFAULT_BUCKET = 64
 """Default shape bucket: padded heights and widths are multiples of this."""
 
 ImageInput = np.ndarray | jax.Array | Sequence[np.ndarray]
+
+
+def add_dense_pallas_flag(parser: argparse.ArgumentParser) -> None:
+    """``--dense-pallas``, shared by irrm-rescale, eval.py and verify (`load_model_and_params`' ``dense_pallas``)."""
+    parser.add_argument(
+        "--dense-pallas",
+        action="store_true",
+        help="run IRN's DenseBlocks as Pallas kernels (same results; faster on NVIDIA GPUs, slow elsewhere)",
+    )
 
 
 def load_model_and_params(

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from irrm_jax import lr_files
 from irrm_jax.images import ImageDecodeError, list_image_files, read_image
-from irrm_jax.inference import DEFAULT_BUCKET, Rescaler, hr_sizes, load_model_and_params
+from irrm_jax.inference import DEFAULT_BUCKET, Rescaler, add_dense_pallas_flag, hr_sizes, load_model_and_params
 from irrm_jax.metrics import psnr_y
 from irrm_jax.models import VARIANTS
 
@@ -55,11 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch", type=int, default=4, help="images per jitted call")
     parser.add_argument("--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument("--quiet", action="store_true", help="no progress bar or per-file lines")
-    parser.add_argument(
-        "--dense-pallas",
-        action="store_true",
-        help="run IRN's DenseBlocks as Pallas kernels (same results; faster on NVIDIA GPUs, slow elsewhere)",
-    )
+    add_dense_pallas_flag(parser)
     return parser
 
 

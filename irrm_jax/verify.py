@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from irrm_jax.inference import add_dense_pallas_flag
 from irrm_jax.models import VARIANTS, InvertibleRescaler, RescalerConfig, model_config
 
 FLOAT32_TOLERANCE = 1e-5  # max abs error on images in [0, 1], convolutions at full float32 precision
@@ -175,9 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--sensitivity", action="store_true", help="also report the reconstruction's PSNR-Y from an 8-bit LR and z"
     )
-    parser.add_argument(
-        "--dense-pallas", action="store_true", help="IRN's DenseBlocks as Pallas kernels (irrm_jax.dense_kernels)"
-    )
+    add_dense_pallas_flag(parser)
     parser.add_argument("--tolerance", type=float, default=FLOAT32_TOLERANCE, help="float32 (full precision)")
     parser.add_argument(
         "--default-tolerance",
