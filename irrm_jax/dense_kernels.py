@@ -180,13 +180,13 @@ def conv(
 
     Args:
       inputs: flat arrays (rows, c_i), zero outside the pixels.
-      kernels: (9, c_i, cout) each, taps in HWIO order (`FlatLayout.offset`).
+      kernels: (9, cout, c_i) each: per tap (HWIO order, `FlatLayout.offset`) the transpose of HWIO's (c_i, cout)
+        matrix, so that both matrix operands are contiguous along the summed channels.
       epilogue: "bias" (+ extra, a (cout,) bias), "bias_leaky" (then LeakyReLU), "leaky_grad" (multiply by
         LeakyReLU's slope where the flat array `extra`, the activation's output, is negative) or "none".
     """
-    cout = kernels[0].shape[-1]
-    kernels_t = (jnp.swapaxes(k, 1, 2).reshape(9 * cout, -1) for k in kernels)  # taps of (cout, c_i)
-    operands = [*inputs, *kernels_t, *([] if extra is None else [extra])]
+    cout = kernels[0].shape[1]
+    operands = [*inputs, *(k.reshape(9 * cout, -1) for k in kernels), *([] if extra is None else [extra])]
     kernel = functools.partial(_conv_kernel, layout=layout, n_inputs=len(inputs), epilogue=epilogue)
     out_shape = jax.ShapeDtypeStruct((layout.rows, cout), inputs[0].dtype)
     name = f"dense_conv_{epilogue}_{layout.h}x{layout.w}"  # names the Triton kernel in profiles
@@ -245,13 +245,15 @@ def weight_grad(
 
 
 def _flipped(kernel: jax.Array) -> jax.Array:
-    """The kernel of the transposed convolution: taps reversed, input and output channels swapped."""
-    return jnp.transpose(kernel[::-1], (0, 2, 1))
+    """The transposed convolution's kernel in `conv`'s (9, cout, c) layout, from a (9, c, cout) kernel: its taps
+    reversed (input and output channels swap roles, which that layout's transpose already does)."""
+    return kernel[::-1]
 
 
 def _forward(layout, x, kernels, biases):
     feats = [x]
     for k, (layer_kernels, bias) in enumerate(zip(kernels, biases, strict=True)):
+        layer_kernels = [jnp.swapaxes(kernel, 1, 2) for kernel in layer_kernels]  # conv's (9, cout, c) layout
         feats.append(conv(feats, layer_kernels, layout, "bias" if k == len(kernels) - 1 else "bias_leaky", bias))
     return feats
 

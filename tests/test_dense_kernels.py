@@ -50,7 +50,7 @@ def test_conv_of_two_inputs_matches_xla(epilogue):
         ref = jax.nn.leaky_relu(ref, dk.SLOPE)
     flat = dk.conv(
         [dk.to_flat(a, layout, 16), dk.to_flat(b, layout, 32)],
-        [ka.reshape(9, 16, 16), kb.reshape(9, 32, 16)],
+        [jnp.swapaxes(ka.reshape(9, 16, 16), 1, 2), jnp.swapaxes(kb.reshape(9, 32, 16), 1, 2)],  # (9, cout, c_i)
         layout,
         epilogue,
         None if epilogue == "none" else bias,
