@@ -73,6 +73,17 @@ def device_kernels(events: list[dict]) -> dict[str, list[dict]]:
     return dict(kernels)
 
 
+def grouped(kernels: list[dict], key, calls: int) -> list[dict]:
+    """Kernels grouped by key(name): count and milliseconds per call, mean microseconds; the costliest first."""
+    durations = collections.defaultdict(list)
+    for e in kernels:
+        durations[key(e["name"])].append(e["dur"])
+    return [
+        {"name": k, "kernels_per_call": len(d) / calls, "ms_per_call": sum(d) / calls / 1e3, "mean_us": sum(d) / len(d)}
+        for k, d in sorted(durations.items(), key=lambda item: -sum(item[1]))
+    ]
+
+
 def summarize(trace: Path, calls: int, top: int) -> dict:
     with gzip.open(trace, "rt") if trace.suffix == ".gz" else open(trace) as f:
         data = json.load(f)
@@ -84,23 +95,14 @@ def summarize(trace: Path, calls: int, top: int) -> dict:
     devices = []
     for process, kernels in sorted(per_device.items()):
         intervals = [(e["ts"], e["ts"] + e["dur"]) for e in kernels]
-        by_name, by_category = collections.defaultdict(lambda: [0, 0.0]), collections.defaultdict(lambda: [0, 0.0])
-        for e in kernels:
-            for table, key in ((by_name, kernel_name(e["name"])), (by_category, category(e["name"]))):
-                table[key][0] += 1
-                table[key][1] += e["dur"]
-        rows = lambda table: [  # noqa: E731
-            {"name": k, "kernels_per_call": n / calls, "ms_per_call": us / calls / 1e3, "mean_us": us / n}
-            for k, (n, us) in sorted(table.items(), key=lambda item: -item[1][1])
-        ]
         devices.append(
             {
                 "device": process,
                 "kernels_per_call": len(kernels) / calls,
                 "busy_ms_per_call": union_length(intervals) / calls / 1e3,
                 "span_ms_per_call": (max(e for _, e in intervals) - min(s for s, _ in intervals)) / calls / 1e3,
-                "categories": rows(by_category),
-                "kernels": rows(by_name)[:top],
+                "categories": grouped(kernels, category, calls),
+                "kernels": grouped(kernels, kernel_name, calls)[:top],
             }
         )
     return {"trace": str(trace), "calls": calls, "devices": devices}
