@@ -37,6 +37,7 @@ SLOPE = 0.2  # LeakyReLU's negative slope in IRN's DenseBlock
 BLOCK_ROWS = 64  # rows (pixels) one kernel program computes
 NUM_WARPS = 2  # Triton: warps per program
 NUM_STAGES = 3  # Triton: software-pipelining depth of the loops over taps and blocks
+WEIGHT_GRAD_PROGRAMS = 32  # kernel-gradient programs a tap, at least (fewer rows each where needed)
 _ANY = pl.BlockSpec(memory_space=pl.ANY)
 _CONTRACT_LAST = (((1,), (1,)), ((), ()))  # dot_general: a (m, k) times b (n, k) -> (m, n)
 
@@ -70,8 +71,8 @@ class FlatLayout:
 
     @property
     def chunk_blocks(self) -> int:
-        """Blocks one weight-gradient program sums (up to 16, fewer so that there are >= 32 programs a tap)."""
-        return max(1, min(16, -(-self.n * self.plane // self.block) // 32))
+        """Blocks one weight-gradient program sums (up to 16, fewer so that there are `WEIGHT_GRAD_PROGRAMS` a tap)."""
+        return max(1, min(16, -(-self.n * self.plane // self.block) // WEIGHT_GRAD_PROGRAMS))
 
     @property
     def core_blocks(self) -> int:
@@ -205,22 +206,32 @@ def _weight_grad_kernel(*refs, layout: FlatLayout, n_inputs: int):
     def add_block(b, sums):
         start = first + b * block
         g = grad_ref[pl.ds(start, block), :]
-        products = [
+        products = (
             jax.lax.dot_general(
                 x_ref[pl.ds(start + offset, block), :], g, (((0,), (0,)), ((), ())), preferred_element_type=acc_dtype
             )
             for x_ref in inputs
-        ]
-        products.append(jnp.sum(g.astype(acc_dtype), axis=0))  # the bias gradient's part
+        )
         return tuple(s + p for s, p in zip(sums, products, strict=True))
 
-    zeros = tuple(jnp.zeros((c, cout), acc_dtype) for c in channels) + (jnp.zeros((cout,), acc_dtype),)
-    *sums, bias = jax.lax.fori_loop(0, layout.chunk_blocks, add_block, zeros)
+    zeros = tuple(jnp.zeros((c, cout), acc_dtype) for c in channels)
+    sums = jax.lax.fori_loop(0, layout.chunk_blocks, add_block, zeros)
     row = (chunk * 9 + tap) * (sum(channels) + 1)
     for c, s in zip(channels, sums, strict=True):
         out_ref[pl.ds(row, c), :] = s
         row += c
-    out_ref[pl.ds(row, 1), :] = jnp.where(tap == 4, bias, 0.0)[None, :]  # kept once: the centre tap's programs
+
+    @pl.when(tap == 4)  # the bias gradient's part, once: in the centre tap's programs, summed across rows at the end
+    def _bias():
+        def add_rows(b, rows):
+            return rows + grad_ref[pl.ds(first + b * block, block), :].astype(acc_dtype)
+
+        rows = jax.lax.fori_loop(0, layout.chunk_blocks, add_rows, jnp.zeros((block, cout), acc_dtype))
+        out_ref[pl.ds(row, 1), :] = jnp.sum(rows, axis=0)[None, :]
+
+    @pl.when(tap != 4)
+    def _no_bias():
+        out_ref[pl.ds(row, 1), :] = jnp.zeros((1, cout), acc_dtype)
 
 
 def weight_grad(
