@@ -60,8 +60,11 @@ def test_conv_of_two_inputs_matches_xla(epilogue):
     assert not np.any(np.asarray(flat)[~keep]), "the output stays zero outside the pixels"
 
 
-def test_weight_grad_matches_autodiff():
+@pytest.mark.parametrize("programs", [32, 2])  # 7 blocks: one block a program, or chunks of 3 (the last one short)
+def test_weight_grad_matches_autodiff(monkeypatch, programs):
+    monkeypatch.setattr(dk, "WEIGHT_GRAD_PROGRAMS", programs)
     layout = dk.FlatLayout(2, 6, 5, block=16)
+    assert layout.chunk_blocks == (1 if programs == 32 else 3)
     x, g = normal(2, 6, 5, 16), normal(2, 6, 5, 16)
     kernel = normal(3, 3, 16, 16)
     ref = jax.grad(lambda k: jnp.sum(conv3x3(x, k, jnp.float32) * g))(kernel)
