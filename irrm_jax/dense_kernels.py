@@ -37,6 +37,9 @@ SLOPE = 0.2  # LeakyReLU's negative slope in IRN's DenseBlock
 BLOCK_ROWS = 64  # rows (pixels) one kernel program computes
 NUM_WARPS = 2  # Triton: warps per program
 NUM_STAGES = 3  # Triton: software-pipelining depth of the loops over taps and blocks
+# float32 kernel gradients unpipelined: three stages of every input's float32 tile take 80-104 KB of shared memory (two
+# programs an SM); one block's forward + backward is 6-25% faster without them on an H100 (benchmarks/NOTES.md).
+FLOAT32_WEIGHT_GRAD_STAGES = 1
 WEIGHT_GRAD_PROGRAMS = 32  # kernel-gradient programs a tap, at least (fewer rows each where needed)
 _ANY = pl.BlockSpec(memory_space=pl.ANY)
 _CONTRACT_LAST = (((1,), (1,)), ((), ()))  # dot_general: a (m, k) times b (n, k) -> (m, n)
@@ -122,7 +125,7 @@ def from_flat(x: jax.Array, layout: FlatLayout, channels: int) -> jax.Array:
     return pixels.reshape(layout.n, layout.h + 2, layout.w + 2, channels)[:, 1:-1, 1:-1]
 
 
-def _pallas(kernel, name, out_shape, grid, n_operands):
+def _pallas(kernel, name, out_shape, grid, n_operands, num_stages=NUM_STAGES):
     on_gpu = jax.default_backend() == "gpu"
     return pl.pallas_call(
         kernel,
@@ -132,7 +135,7 @@ def _pallas(kernel, name, out_shape, grid, n_operands):
         in_specs=[_ANY] * n_operands,
         out_specs=_ANY if isinstance(out_shape, jax.ShapeDtypeStruct) else [_ANY] * len(out_shape),
         interpret=not on_gpu,
-        compiler_params=plt.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES) if on_gpu else None,
+        compiler_params=plt.CompilerParams(num_warps=NUM_WARPS, num_stages=num_stages) if on_gpu else None,
     )
 
 
@@ -249,7 +252,8 @@ def weight_grad(
     out_shape = jax.ShapeDtypeStruct((chunks * 9 * total, cout), accumulator_dtype(grad.dtype))
     kernel = functools.partial(_weight_grad_kernel, layout=layout, n_inputs=len(inputs))
     name = f"dense_weight_grad_{layout.h}x{layout.w}"
-    summed = _pallas(kernel, name, out_shape, (9, chunks), len(inputs) + 1)(*inputs, grad)
+    stages = FLOAT32_WEIGHT_GRAD_STAGES if grad.dtype == jnp.float32 else NUM_STAGES
+    summed = _pallas(kernel, name, out_shape, (9, chunks), len(inputs) + 1, stages)(*inputs, grad)
     summed = summed.reshape(chunks, 9, total, cout).sum(0)
     starts = [sum(channels[:i]) for i in range(len(channels))]
     return tuple(summed[:, a : a + c] for a, c in zip(starts, channels, strict=True)), summed[4, -1]
