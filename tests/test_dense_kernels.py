@@ -60,7 +60,7 @@ def test_conv_of_two_inputs_matches_xla(epilogue):
     assert not np.any(np.asarray(flat)[~keep]), "the output stays zero outside the pixels"
 
 
-@pytest.mark.parametrize("programs", [32, 2])  # 7 blocks: one block a program, or chunks of 3 (the last one short)
+@pytest.mark.parametrize("programs", [32, 2])  # 7 blocks: one a program, or chunks of 3 (the last past the images)
 def test_weight_grad_matches_autodiff(monkeypatch, programs):
     monkeypatch.setattr(dk, "WEIGHT_GRAD_PROGRAMS", programs)
     layout = dk.FlatLayout(2, 6, 5, block=16)
