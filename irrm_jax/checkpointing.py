@@ -35,6 +35,7 @@ import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
 from irrm_jax.models import InvertibleRescaler
+from irrm_jax.prefetch import BatchPrefetcher
 from irrm_jax.train_state import TrainState, abstract_train_state, model_from_config, optimizer_from_config
 
 logger = logging.getLogger(__name__)
@@ -83,13 +84,14 @@ class Checkpointer:
         self,
         step: int,
         state: TrainState,
-        data_iterator: grain.DatasetIterator,
+        data_iterator: grain.DatasetIterator | BatchPrefetcher,
         config: ml_collections.ConfigDict,
     ) -> None:
         """Starts writing the checkpoint of ``step`` (the oldest beyond ``keep`` is deleted once it is written).
 
         Every process must call it with the same step. The arrays are copied before it returns, so the state's
-        buffers may be donated to the next step at once.
+        buffers may be donated to the next step at once. ``data_iterator``'s position is saved: the training
+        loop passes its `BatchPrefetcher`, whose position is that of the batches trained on (the iterator is ahead).
         """
         meta = {"step": step, "process_count": jax.process_count(), "device_count": jax.device_count()}
         args = ocp.args.Composite(

@@ -8,7 +8,8 @@ global batch is split over the ``'data'`` axis, and the batch mean of the loss m
 gradients, so any number of devices and processes computes the same update as one device. Each step draws its
 z' from ``fold_in(base_key, step)``, so a resumed run reproduces the uninterrupted one exactly. With
 ``train.steps_per_call`` K > 1, K steps run in one jitted call (`make_multi_step`, a `jax.lax.scan`): the same
-updates, one dispatch from the host instead of K.
+updates, one dispatch from the host instead of K. The next calls' batches are assembled on a background thread
+while the device runs the current one (`irrm_jax.prefetch.BatchPrefetcher`).
 
 Every ``log_every`` steps the loop writes the mean of each loss term, gradient/parameter/update norms, the
 learning rate, the step time and HR patches/s; every ``eval_every`` steps the validation PSNRs (see `validate`).
@@ -43,6 +44,7 @@ from irrm_jax.metric_writers import MetricWriter
 from irrm_jax.models import InvertibleRescaler
 from irrm_jax.optimizer import global_norm
 from irrm_jax.parallel import batch_sharded, make_data_mesh, replicated, stacked_batches_sharded
+from irrm_jax.prefetch import BatchPrefetcher
 from irrm_jax.resize import bicubic_downscale
 from irrm_jax.train_state import (
     TrainState,
@@ -456,19 +458,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         log = _MetricLog(writer, config.data.batch_size, checkpointer.directory)
         log.last_saved = latest
         show_bar = tc.progress_bar and jax.process_index() == 0
+        calls = list(_calls(start, tc.num_steps, tc.steps_per_call))
         with (
             PreemptionWatcher() as preemption,
             tqdm(total=tc.num_steps, initial=start, disable=not show_bar, unit="step") as bar,
             _StepProfiler(workdir / "profile", start + 11, tc.profile_steps) as profiler,
+            BatchPrefetcher(train_iter, calls, mesh, stacked=tc.steps_per_call > 1) as batches,
         ):
-            for steps in _calls(start, tc.num_steps, tc.steps_per_call):
+            for steps in calls:
                 step = steps[-1]  # updates done once this call is
                 profiler.before(steps)
-                batches = [next(train_iter)["hr"] for _ in steps]
-                if tc.steps_per_call == 1:
-                    state, step_metrics = train_step(state, input_pipeline.to_global_batch(batches[0], mesh))
-                else:
-                    state, step_metrics = multi_step(state, input_pipeline.to_global_batches(batches, mesh))
+                state, step_metrics = (train_step if tc.steps_per_call == 1 else multi_step)(state, next(batches))
                 log.add(steps, step_metrics)
                 profiler.after(steps, state)
                 bar.update(len(steps))
@@ -488,7 +488,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     results = validate(run_validation, params, validation_images, scale, validation_key)
                     writer.write(step, "validation", results)
                 if save_now:
-                    checkpointer.save(step, state, train_iter, config)
+                    checkpointer.save(step, state, batches, config)  # the position after this call's batches
                     log.last_saved = step
                 if first or validate_now or save_now:
                     log.restart_clock(forget=first)  # the first step's time is mostly compilation

@@ -5,6 +5,7 @@
 
 import json
 import os
+import shutil
 import signal
 
 import jax
@@ -15,6 +16,7 @@ import pytest
 from configs import test as test_config
 from irrm_jax import input_pipeline
 from irrm_jax.checkpointing import Checkpointer, find_checkpoint, load_config, restore_model, restore_params
+from irrm_jax.prefetch import BatchPrefetcher
 from irrm_jax.train import train_and_evaluate
 
 
@@ -65,6 +67,10 @@ def test_resume_is_exact_keeps_the_newest_and_restores(tmp_path):
     straight_losses, resumed_losses = train_losses(straight), train_losses(resumed)
     assert [resumed_losses[s] for s in (3, 4)] == [straight_losses[s] for s in (3, 4)]
     assert straight_losses[3] != straight_losses[1]  # different batches each step
+    # From a checkpoint saved while the loop's batches were assembled ahead of it (the straight run's step 2).
+    shutil.copytree(straight / "checkpoints" / "2", tmp_path / "from_2" / "checkpoints" / "2")
+    run(tmp_path / "from_2", 4, checkpoint_every=2)
+    assert [train_losses(tmp_path / "from_2")[s] for s in (3, 4)] == [straight_losses[s] for s in (3, 4)]
     # The restore API: a workdir means its newest step; the model is rebuilt from the stored config.
     assert_trees_equal(restore_params(resumed), restore_params(resumed / "checkpoints" / "4"))
     config = load_config(resumed)
@@ -94,11 +100,15 @@ def test_resume_is_exact_keeps_the_newest_and_restores(tmp_path):
 
 @pytest.mark.timeout(300)
 def test_sigterm_saves_a_checkpoint_that_restores_and_resumes(tmp_path, monkeypatch):
-    def sigterm(batch):
-        os.kill(os.getpid(), signal.SIGTERM)  # a real signal, handled by the loop's watcher
-        return batch
+    original, taken = BatchPrefetcher.__next__, []
 
-    patch_batches(monkeypatch, 3, sigterm)
+    def next_then_sigterm(self):  # the loop takes its 3rd batch (batches are assembled ahead, on another thread)
+        taken.append(1)
+        if len(taken) == 3:
+            os.kill(os.getpid(), signal.SIGTERM)  # a real signal, handled by the loop's watcher
+        return original(self)
+
+    monkeypatch.setattr(BatchPrefetcher, "__next__", next_then_sigterm)
     state = run(tmp_path, 50, checkpoint_every=100)
     assert int(state.step) == 3
     assert find_checkpoint(tmp_path) == (tmp_path.absolute() / "checkpoints", 3)
