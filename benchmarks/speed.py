@@ -142,7 +142,9 @@ def bench_train(
     }
 
 
-def bench_roundtrip(spec: str, variant: str, height: int, width: int, repeats: int, steps: int) -> dict:
+def bench_roundtrip(
+    spec: str, variant: str, height: int, width: int, repeats: int, steps: int, profile_dir: str | None = None
+) -> dict:
     model = model_for(spec, variant)
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(1, height, width, 3)), jnp.float32)
     shapes = jax.eval_shape(model.init, jax.random.key(0), x[:, :8, :8])["params"]
@@ -162,6 +164,9 @@ def bench_roundtrip(spec: str, variant: str, height: int, width: int, repeats: i
     jax.block_until_ready(upscale(variables, downscale(variables, x), key))
     compile_s = time.perf_counter() - start
     seconds = timed(lambda: upscale(variables, downscale(variables, x), key), repeats, steps)
+    if profile_dir:
+        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+            jax.block_until_ready([upscale(variables, downscale(variables, x), key) for _ in range(PROFILED_CALLS)])
     return {"model": spec, "variant": variant, "roundtrip_ms": 1e3 * seconds, "compile_s": compile_s}
 
 
@@ -186,7 +191,8 @@ def main() -> None:
     parser.add_argument(
         "--profile",
         help=f"trace {PROFILED_CALLS} training-step calls of each configuration into"
-        " PROFILE/<model>_<variant>_b<batch>_d<devices> (jax.profiler; summarise with benchmarks.profile_summary)",
+        f" PROFILE/<model>_<variant>_b<batch>_d<devices>, and {PROFILED_CALLS} round trips into"
+        " PROFILE/<model>_<variant>_roundtrip (jax.profiler; summarise with benchmarks.profile_summary)",
     )
     args = parser.parse_args()
     print(f"jax {jax.__version__} on {jax.devices()[0].device_kind} x{jax.device_count()}", flush=True)
@@ -218,9 +224,9 @@ def main() -> None:
                     r["variant"] += f" ({args.label})" if args.label else ""
                     if args.roundtrip and devices == 1 and i == 0:
                         h, w = (int(v) for v in args.roundtrip.split("x"))
-                        r["roundtrip_ms"] = bench_roundtrip(spec, variant, h, w, args.repeats, args.steps)[
-                            "roundtrip_ms"
-                        ]
+                        profile_dir = args.profile and f"{args.profile}/{spec}_{variant}_roundtrip"
+                        roundtrip = bench_roundtrip(spec, variant, h, w, args.repeats, args.steps, profile_dir)
+                        r["roundtrip_ms"] = roundtrip["roundtrip_ms"]
                     results.append(r)
                     print(json.dumps(r), flush=True)
                     if args.json:  # rewritten after every result: a run cut short keeps what it measured

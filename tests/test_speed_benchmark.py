@@ -23,3 +23,9 @@ def test_train_step_benchmark_reports_time_memory_and_compile(tmp_path):
 def test_more_devices_than_available_is_an_error():
     with pytest.raises(ValueError, match="devices asked for"):
         speed.bench_train("irrm_s_x4", "plain", batch=1, patch=16, devices=jax.device_count() + 1, repeats=1, steps=1)
+
+
+def test_roundtrip_benchmark_reports_time_and_traces(tmp_path):
+    r = speed.bench_roundtrip("irrm_s_x4", "pad8", 16, 24, repeats=1, steps=1, profile_dir=str(tmp_path / "prof"))
+    assert r["roundtrip_ms"] > 0 and r["compile_s"] > 0
+    assert list((tmp_path / "prof").rglob("perfetto_trace.json.gz"))  # --profile traced the round trips
