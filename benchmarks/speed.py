@@ -76,6 +76,12 @@ def timed(fn, repeats: int, steps: int) -> float:
     return statistics.median(times)
 
 
+def trace_calls(fn, profile_dir: str) -> None:
+    """Traces `PROFILED_CALLS` calls of fn() into profile_dir (jax.profiler, with a Perfetto trace)."""
+    with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
+        jax.block_until_ready([fn() for _ in range(PROFILED_CALLS)])
+
+
 def step_memory_gb(compiled) -> float | None:
     """Peak device memory one compiled call needs (XLA's buffer assignment: arguments, outputs, temporaries)."""
     stats = compiled.memory_analysis()
@@ -125,8 +131,7 @@ def bench_train(
         one()
     seconds = timed(one, repeats, steps) / steps_per_call
     if profile_dir:
-        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
-            jax.block_until_ready([one() for _ in range(PROFILED_CALLS)])
+        trace_calls(one, profile_dir)
     return {
         "model": spec,
         "variant": variant,
@@ -160,13 +165,16 @@ def bench_roundtrip(
         return model.apply(variables, lr, z, method=model.inverse)
 
     key = jax.random.key(0)
+
+    def roundtrip():
+        return upscale(variables, downscale(variables, x), key)
+
     start = time.perf_counter()
-    jax.block_until_ready(upscale(variables, downscale(variables, x), key))
+    jax.block_until_ready(roundtrip())
     compile_s = time.perf_counter() - start
-    seconds = timed(lambda: upscale(variables, downscale(variables, x), key), repeats, steps)
+    seconds = timed(roundtrip, repeats, steps)
     if profile_dir:
-        with jax.profiler.trace(profile_dir, create_perfetto_trace=True):
-            jax.block_until_ready([upscale(variables, downscale(variables, x), key) for _ in range(PROFILED_CALLS)])
+        trace_calls(roundtrip, profile_dir)
     return {"model": spec, "variant": variant, "roundtrip_ms": 1e3 * seconds, "compile_s": compile_s}
 
 
