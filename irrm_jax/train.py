@@ -459,16 +459,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         log.last_saved = latest
         show_bar = tc.progress_bar and jax.process_index() == 0
         calls = list(_calls(start, tc.num_steps, tc.steps_per_call))
+        stacked = tc.steps_per_call > 1  # batches stacked for the K-step call
+        run_call = multi_step if stacked else train_step
         with (
             PreemptionWatcher() as preemption,
             tqdm(total=tc.num_steps, initial=start, disable=not show_bar, unit="step") as bar,
             _StepProfiler(workdir / "profile", start + 11, tc.profile_steps) as profiler,
-            BatchPrefetcher(train_iter, calls, mesh, stacked=tc.steps_per_call > 1) as batches,
+            BatchPrefetcher(train_iter, calls, mesh, stacked=stacked) as batches,
         ):
             for steps in calls:
                 step = steps[-1]  # updates done once this call is
                 profiler.before(steps)
-                state, step_metrics = (train_step if tc.steps_per_call == 1 else multi_step)(state, next(batches))
+                state, step_metrics = run_call(state, next(batches))
                 log.add(steps, step_metrics)
                 profiler.after(steps, state)
                 bar.update(len(steps))
