@@ -31,8 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.channel_multiple = 8
     config.model.fuse_gh = False
     config.model.dense_outward = False
-    # IRN's DenseBlocks as Pallas GPU kernels (irrm_jax.dense_kernels; Triton on GPUs, an interpreter elsewhere).
+    # IRN's DenseBlocks as Pallas GPU kernels (irrm_jax.dense_kernels; Triton on GPUs, an interpreter elsewhere);
+    # dense_cuda: the same with their 3x3 convolutions from a CUDA kernel (irrm_jax.cuda_conv; NVIDIA GPUs, nvcc).
     config.model.dense_pallas = False
+    config.model.dense_cuda = False
     # irrm_jax.models.RescalerConfig fields that replace the variant's; None keeps the variant's value.
     # E.g. --config.model.overrides.blocks_per_level="(1, 1)" --config.model.overrides.nf=8 for a tiny model.
     config.model.overrides = ml_collections.ConfigDict(

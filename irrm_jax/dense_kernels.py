@@ -265,7 +265,17 @@ def _flipped(kernel: jax.Array) -> jax.Array:
     return kernel[::-1]
 
 
-def _forward(layout, x, kernels, biases):
+def _conv_function(conv_impl: str):
+    """The 3x3 convolution by name: "pallas" (`conv`) or "cuda" (`irrm_jax.cuda_conv.conv`, speed option dense_cuda)."""
+    if conv_impl == "cuda":
+        from irrm_jax import cuda_conv
+
+        return cuda_conv.conv
+    return conv
+
+
+def _forward(layout, conv_impl, x, kernels, biases):
+    conv = _conv_function(conv_impl)
     feats = [x]
     for k, (layer_kernels, bias) in enumerate(zip(kernels, biases, strict=True)):
         layer_kernels = [jnp.swapaxes(kernel, 1, 2) for kernel in layer_kernels]  # conv's (9, cout, c) layout
@@ -273,19 +283,21 @@ def _forward(layout, x, kernels, biases):
     return feats
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def dense_block_flat(layout: FlatLayout, x: jax.Array, kernels: tuple, biases: tuple) -> jax.Array:
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def dense_block_flat(layout: FlatLayout, conv_impl: str, x: jax.Array, kernels: tuple, biases: tuple) -> jax.Array:
     """The DenseBlock on a flat input: layer k (0-based) convolves [x, x1, ..., xk] with kernels[k] (one
-    (9, c, cout) per input) and adds biases[k]; layers before the last apply LeakyReLU(0.2)."""
-    return _forward(layout, x, kernels, biases)[-1]
+    (9, c, cout) per input) and adds biases[k]; layers before the last apply LeakyReLU(0.2). The convolutions,
+    forward and backward, are `conv` (conv_impl "pallas") or the CUDA kernel's (conv_impl "cuda")."""
+    return _forward(layout, conv_impl, x, kernels, biases)[-1]
 
 
-def _dense_block_fwd(layout, x, kernels, biases):
-    feats = _forward(layout, x, kernels, biases)
+def _dense_block_fwd(layout, conv_impl, x, kernels, biases):
+    feats = _forward(layout, conv_impl, x, kernels, biases)
     return feats[-1], (feats[:-1], kernels)
 
 
-def _dense_block_bwd(layout, residuals, g):
+def _dense_block_bwd(layout, conv_impl, residuals, g):
+    conv = _conv_function(conv_impl)
     feats, kernels = residuals  # every array here is in the block's compute dtype, the biases too
     layers = len(kernels)
     keep = interior(layout, jnp.arange(layout.rows, dtype=jnp.int32))[:, None]
@@ -313,11 +325,14 @@ def padded_channels(c: int) -> int:
     return max(16, pl.next_power_of_2(c))
 
 
-def dense_block(x: jax.Array, kernels: Sequence[jax.Array], biases: Sequence[jax.Array], dtype) -> jax.Array:
+def dense_block(
+    x: jax.Array, kernels: Sequence[jax.Array], biases: Sequence[jax.Array], dtype, cuda: bool = False
+) -> jax.Array:
     """IRN's DenseBlock (`subnets.DenseBlock`'s function) on (n, h, w, c_in), from its HWIO kernels and biases.
 
-    Layer k sees [x, x1, ..., xk] concatenated in that order; returns (n, h, w, features) in dtype. Under an
-    abstract mesh with a 'data' axis, each device runs its part of the batch.
+    Layer k sees [x, x1, ..., xk] concatenated in that order; returns (n, h, w, features) in dtype. With ``cuda``
+    the 3x3 convolutions come from `irrm_jax.cuda_conv` (NVIDIA GPUs, bfloat16 or float32). Under an abstract mesh
+    with a 'data' axis, each device runs its part of the batch.
     """
     growth = kernels[0].shape[-1]
     if growth != padded_channels(growth):
@@ -326,16 +341,16 @@ def dense_block(x: jax.Array, kernels: Sequence[jax.Array], biases: Sequence[jax
     if DATA_AXIS in mesh.axis_names and mesh.shape[DATA_AXIS] > 1:
         data, same = PartitionSpec(DATA_AXIS), PartitionSpec()
         per_device = jax.shard_map(  # check_vma=False: pallas_call's outputs carry no per-device variance
-            functools.partial(_dense_block_on_device, dtype=dtype),
+            functools.partial(_dense_block_on_device, dtype=dtype, cuda=cuda),
             in_specs=(data, same, same),
             out_specs=data,
             check_vma=False,
         )
         return per_device(x, list(kernels), list(biases))
-    return _dense_block_on_device(x, kernels, biases, dtype)
+    return _dense_block_on_device(x, kernels, biases, dtype, cuda)
 
 
-def _dense_block_on_device(x, kernels, biases, dtype):
+def _dense_block_on_device(x, kernels, biases, dtype, cuda):
     n, h, w, c_in = x.shape
     growth, features = kernels[0].shape[-1], kernels[-1].shape[-1]
     layout = FlatLayout(n, h, w, BLOCK_ROWS)
@@ -350,5 +365,7 @@ def _dense_block_on_device(x, kernels, biases, dtype):
         parts += [kernel[:, c_in + j * growth : c_in + (j + 1) * growth] for j in range(k)]
         flat_kernels.append(tuple(p.astype(dtype) for p in parts))
     flat_biases = [b.astype(dtype) for b in biases[:-1]] + [jnp.pad(biases[-1], (0, c_out - features)).astype(dtype)]
-    out = dense_block_flat(layout, to_flat(x.astype(dtype), layout, c_x), tuple(flat_kernels), tuple(flat_biases))
+    conv_impl = "cuda" if cuda else "pallas"
+    flat_x = to_flat(x.astype(dtype), layout, c_x)
+    out = dense_block_flat(layout, conv_impl, flat_x, tuple(flat_kernels), tuple(flat_biases))
     return from_flat(out, layout, features)

@@ -518,7 +518,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         check_unique_names(args.datasets)  # before any slow work
         model, params, name, scale = load_model_and_params(
-            args.checkpoint, args.model, args.scale, dense_pallas=args.dense_pallas or None
+            args.checkpoint,
+            args.model,
+            args.scale,
+            dense_pallas=args.dense_pallas or None,
+            dense_cuda=args.dense_cuda or None,
         )
         sets = [open_dataset(s, data_root=args.data_root, data_dir=args.tfds_data_dir) for s in args.datasets]
     except (OSError, ValueError) as e:

@@ -53,11 +53,18 @@ ImageInput = np.ndarray | jax.Array | Sequence[np.ndarray]
 
 
 def add_dense_pallas_flag(parser: argparse.ArgumentParser) -> None:
-    """``--dense-pallas``, shared by irrm-rescale, eval.py and verify (`load_model_and_params`' ``dense_pallas``)."""
+    """``--dense-pallas`` and ``--dense-cuda``, shared by irrm-rescale, eval.py and verify (`load_model_and_params`'
+    ``dense_pallas`` and ``dense_cuda``)."""
     parser.add_argument(
         "--dense-pallas",
         action="store_true",
         help="run IRN's DenseBlocks as Pallas kernels (same results; faster on NVIDIA GPUs, slow elsewhere)",
+    )
+    parser.add_argument(
+        "--dense-cuda",
+        action="store_true",
+        help="--dense-pallas with the 3x3 convolutions from a CUDA kernel (same results; NVIDIA H100/H200, built "
+        "with nvcc on first use; the fastest for large images)",
     )
 
 
@@ -67,6 +74,7 @@ def load_model_and_params(
     scale: int | None = None,
     compute_dtype: Any = None,
     dense_pallas: bool | None = None,
+    dense_cuda: bool | None = None,
 ) -> tuple[nn.Module, Any, str, int]:
     """Loads a model and its parameters from a training workdir / checkpoint or an official IRN state dict.
 
@@ -80,6 +88,7 @@ def load_model_and_params(
         for IRN state dicts).
       dense_pallas: run IRN's DenseBlocks as Pallas GPU kernels (`irrm_jax.dense_kernels`; the same function);
         None keeps the training config's choice (off for IRN state dicts).
+      dense_cuda: ``dense_pallas`` with the convolutions from a CUDA kernel (`irrm_jax.cuda_conv`); None likewise.
 
     Returns:
       ``(model, params, model_name, scale)``.
@@ -105,7 +114,11 @@ def load_model_and_params(
         if scale is not None and scale != found_scale:
             raise ValueError(f"{path} holds an IRN x{found_scale}, not x{scale}.")
         model = build_model(
-            "irn", found_scale, compute_dtype=compute_dtype or jnp.float32, dense_pallas=bool(dense_pallas)
+            "irn",
+            found_scale,
+            compute_dtype=compute_dtype or jnp.float32,
+            dense_pallas=bool(dense_pallas),
+            dense_cuda=bool(dense_cuda),
         )
         return model, params, "irn", found_scale
     from irrm_jax.checkpointing import restore_model
@@ -119,6 +132,8 @@ def load_model_and_params(
         model = model.clone(compute_dtype=compute_dtype)
     if dense_pallas is not None:
         model = model.clone(dense_pallas=dense_pallas)
+    if dense_cuda is not None:
+        model = model.clone(dense_cuda=dense_cuda)
     return model, params, found_name, found_scale
 
 

@@ -104,6 +104,8 @@ class InvertibleRescaler(nn.Module):
       fuse_gh: speed option: evaluate each coupling's G and H together (see `coupling`).
       dense_outward: speed option: DenseBlocks convolve each feature map once into all later convs (see `subnets`).
       dense_pallas: speed option: DenseBlocks run as Pallas GPU kernels (see `dense_kernels`).
+      dense_cuda: speed option: ``dense_pallas`` with the DenseBlocks' 3x3 convolutions from a CUDA kernel (see
+        `cuda_conv`; NVIDIA GPUs, bfloat16 or float32). Implies ``dense_pallas``.
     The speed options change neither the function nor the parameters.
     """
 
@@ -113,6 +115,7 @@ class InvertibleRescaler(nn.Module):
     fuse_gh: bool = False
     dense_outward: bool = False
     dense_pallas: bool = False
+    dense_cuda: bool = False
 
     @property
     def scale(self) -> int:
@@ -123,7 +126,12 @@ class InvertibleRescaler(nn.Module):
         speed = dict(dtype=self.compute_dtype, channel_multiple=self.channel_multiple)
         if cfg.subnet == "dense":
             subnet = functools.partial(
-                DenseBlock, growth=cfg.nf, outward=self.dense_outward, pallas=self.dense_pallas, **speed
+                DenseBlock,
+                growth=cfg.nf,
+                outward=self.dense_outward,
+                pallas=self.dense_pallas,
+                cuda=self.dense_cuda,
+                **speed,
             )
         else:
             subnet = functools.partial(EnhancedBlock, width=cfg.nf, n_res=cfg.n_res, **speed)
@@ -229,6 +237,7 @@ def build_model(
     fuse_gh: bool = False,
     dense_outward: bool = False,
     dense_pallas: bool = False,
+    dense_cuda: bool = False,
     **overrides: Any,
 ) -> InvertibleRescaler:
     """Builds a variant by name ('irn', 'irrm_s', 'irrm_m', 'irrm_l') and scale (2, 4; IRN also 8).
@@ -237,7 +246,7 @@ def build_model(
       name: the variant.
       scale: the rescaling factor.
       compute_dtype: sub-network compute dtype (jnp.float32, jnp.bfloat16, jnp.float64).
-      channel_multiple, fuse_gh, dense_outward, dense_pallas: speed options (see `InvertibleRescaler`); same
+      channel_multiple, fuse_gh, dense_outward, dense_pallas, dense_cuda: speed options (see `InvertibleRescaler`); same
         function and parameters.
       **overrides: `RescalerConfig` fields to change, e.g. ``blocks_per_level=(2, 2)`` for a tiny test model.
     """
@@ -248,6 +257,7 @@ def build_model(
         fuse_gh=fuse_gh,
         dense_outward=dense_outward,
         dense_pallas=dense_pallas,
+        dense_cuda=dense_cuda,
     )
 
 

@@ -130,7 +130,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     _check_overwrite(pairs, args.force)
     try:
         model, params, name, scale = load_model_and_params(
-            args.checkpoint, args.model, args.scale, dense_pallas=args.dense_pallas or None
+            args.checkpoint,
+            args.model,
+            args.scale,
+            dense_pallas=args.dense_pallas or None,
+            dense_cuda=args.dense_cuda or None,
         )
         rescaler = Rescaler(model, params, bucket=args.bucket or None, max_batch=args.batch)
     except (OSError, ValueError) as e:

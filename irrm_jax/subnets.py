@@ -99,6 +99,8 @@ class DenseBlock(nn.Module):
         concatenations (input channels 3..137 -> 32 or 3..32 -> 137..9). Ignores ``channel_multiple``.
       pallas: speed option (same function and parameters): run the block as Pallas GPU kernels
         (`irrm_jax.dense_kernels`). Ignores ``channel_multiple`` and ``outward``.
+      cuda: speed option: ``pallas`` with the 3x3 convolutions from a CUDA kernel (`irrm_jax.cuda_conv`; NVIDIA
+        GPUs, bfloat16 or float32). Implies ``pallas``.
     """
 
     features: int
@@ -107,11 +109,13 @@ class DenseBlock(nn.Module):
     channel_multiple: int = 1
     outward: bool = False
     pallas: bool = False
+    cuda: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c_in = x.shape[-1]
-        multiple = 1 if self.outward or self.pallas else self.channel_multiple
+        kernels = self.pallas or self.cuda
+        multiple = 1 if self.outward or kernels else self.channel_multiple
         x, zero_channels = pad_channels(x, multiple, self.dtype)
         convs = [
             Conv3x3(
@@ -125,8 +129,10 @@ class DenseBlock(nn.Module):
             )
             for i in range(1, 6)
         ]
-        if self.pallas:
-            return dense_kernels.dense_block(x, [c.kernel for c in convs], [c.bias for c in convs], self.dtype)
+        if kernels:
+            return dense_kernels.dense_block(
+                x, [c.kernel for c in convs], [c.bias for c in convs], self.dtype, cuda=self.cuda
+            )
         if self.outward:
             return self._outward(x, convs)
         feats = [x]

@@ -157,13 +157,14 @@ def make_train_step(
     loss terms, ``grad_norm`` (before clipping), ``param_norm``, ``update_norm`` and ``learning_rate`` of this
     update (``learning_rate`` is the optimiser's schedule, only reported here).
 
-    With ``model.dense_pallas`` the loss is traced under the mesh (`jax.sharding.use_abstract_mesh`), so that the
-    Pallas DenseBlocks run on each device's part of the batch (`irrm_jax.dense_kernels`); without it the step is
-    left exactly as XLA partitions it.
+    With ``model.dense_pallas`` or ``dense_cuda`` the loss is traced under the mesh
+    (`jax.sharding.use_abstract_mesh`), so that the DenseBlock kernels run on each device's part of the batch
+    (`irrm_jax.dense_kernels`); without them the step is left exactly as XLA partitions it.
     """
 
     def mesh_context():
-        return jax.sharding.use_abstract_mesh(mesh.abstract_mesh) if model.dense_pallas else contextlib.nullcontext()
+        kernels = model.dense_pallas or model.dense_cuda
+        return jax.sharding.use_abstract_mesh(mesh.abstract_mesh) if kernels else contextlib.nullcontext()
 
     def step(state: TrainState, hr: jax.Array) -> tuple[TrainState, dict[str, jax.Array]]:
         grad_fn = jax.value_and_grad(rescaling_loss, argnums=1, has_aux=True)

@@ -45,8 +45,8 @@ class TrainState:
 
 def model_from_config(config: ml_collections.ConfigDict) -> InvertibleRescaler:
     """Builds ``config.model``: ``name``, ``scale``, ``compute_dtype``, the speed options ``channel_multiple``,
-    ``fuse_gh``, ``dense_outward`` and ``dense_pallas``, and ``overrides`` (RescalerConfig fields; None values keep
-    the variant's).
+    ``fuse_gh``, ``dense_outward``, ``dense_pallas`` and ``dense_cuda``, and ``overrides`` (RescalerConfig fields;
+    None values keep the variant's).
 
     Raises:
       ValueError: for an unknown compute dtype, model name, scale or override.
@@ -64,6 +64,7 @@ def model_from_config(config: ml_collections.ConfigDict) -> InvertibleRescaler:
             fuse_gh=m.get("fuse_gh", False),
             dense_outward=m.get("dense_outward", False),
             dense_pallas=m.get("dense_pallas", False),
+            dense_cuda=m.get("dense_cuda", False),
             **overrides,
         )
     except TypeError as e:  # an unknown RescalerConfig field

@@ -122,6 +122,7 @@ def verify(
     size: int = 64,
     batch: int = 2,
     dense_pallas: bool = False,
+    dense_cuda: bool = False,
 ) -> dict[str, dict[str, float]]:
     """Round-trip errors in float32 and float64 for one model.
 
@@ -132,6 +133,8 @@ def verify(
       seed: for the random weights and images.
       size, batch: size and count of the random images.
       dense_pallas: run IRN's DenseBlocks as Pallas kernels (`irrm_jax.dense_kernels`) instead of XLA convolutions.
+      dense_cuda: ``dense_pallas`` with the convolutions from the CUDA kernel (`irrm_jax.cuda_conv`) in the float32
+        passes (the float64 one uses the Pallas kernels: the CUDA kernel has no float64).
 
     Returns:
       For each of PRECISIONS: {'max': ..., 'mean': ...}, errors over all images. 'float32' runs the
@@ -150,7 +153,10 @@ def verify(
         dtype = precision.split()[0]
         matmul = "default" if "default" in precision else "highest"
         with jax.enable_x64(dtype == "float64"), jax.default_matmul_precision(matmul):
-            model = InvertibleRescaler(config, compute_dtype=jnp.dtype(dtype), dense_pallas=dense_pallas)
+            cuda = dense_cuda and dtype != "float64"
+            model = InvertibleRescaler(
+                config, compute_dtype=jnp.dtype(dtype), dense_pallas=dense_pallas or dense_cuda, dense_cuda=cuda
+            )
             p = jax.tree.map(lambda a, d=dtype: jnp.asarray(a, d), params)
             errors = [roundtrip_error(model, p, jnp.asarray(img[None], dtype)) for img in images]
         results[precision] = {
@@ -202,9 +208,10 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(e))
         name, params, weights = args.model, None, "random non-zero weights"
     images = _load_images(args.images, config.scale, args.max_size) if args.images else None
-    results = verify(config, params, images, args.seed, args.size, args.batch, args.dense_pallas)
+    results = verify(config, params, images, args.seed, args.size, args.batch, args.dense_pallas, args.dense_cuda)
     source = f"{len(images)} images from {args.images}" if images else f"{args.batch} random images"
-    print(f"{name} x{config.scale}, {weights}, {source}" + (", Pallas DenseBlocks" if args.dense_pallas else ""))
+    blocks = ", CUDA convolutions in Pallas DenseBlocks" if args.dense_cuda else ", Pallas DenseBlocks"
+    print(f"{name} x{config.scale}, {weights}, {source}" + (blocks if args.dense_pallas or args.dense_cuda else ""))
     print("| precision | max abs error | mean abs error | tolerance |\n|---|---|---|---|")
     tolerances = dict(zip(PRECISIONS, (args.tolerance, args.default_tolerance, FLOAT64_TOLERANCE), strict=True))
     failed = []

@@ -161,7 +161,7 @@ def test_dense_pallas_flag_gives_the_same_images(tmp_path, capsys, monkeypatch):
 
     calls = []
     kernel_block = dense_kernels.dense_block
-    monkeypatch.setattr(dense_kernels, "dense_block", lambda *a: calls.append(1) or kernel_block(*a))
+    monkeypatch.setattr(dense_kernels, "dense_block", lambda *a, **k: calls.append(1) or kernel_block(*a, **k))
 
     np.savez(tmp_path / "irn_x2.npz", **official_state_dict(2))
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (8, 10, 3), np.uint8)).save(tmp_path / "a.png")

@@ -1,0 +1,376 @@
+// The DenseBlock's 3x3 convolution (irrm_jax/cuda_conv.py, speed option dense_cuda) as an XLA FFI handler: the
+// same function as dense_kernels.conv on the same flat arrays (see that module for the layout and the epilogues).
+//
+// A block of 4 warps computes 4 image lines x MT * 16 pixels x NT output channels. Per step it stages, with cp.async
+// three steps deep, 32 bytes of channels of one input for the tile those outputs read (6 lines x MT * 16 + 2
+// pixels) and the nine taps' weights for them in shared memory, and takes all nine taps' matrix products from there
+// (ldmatrix at shifted rows, mma.sync with bf16 or tf32 operands, float32 sums): each input element is read from L2
+// about 1.5 times, against 9 times in the Pallas kernel, whose tap loads bound it (benchmarks/NOTES.md).
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <cstdint>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+constexpr int kLines = 4;    // image lines a block computes (one a warp)
+constexpr int kTileLines = kLines + 2;
+constexpr int kRowBytes = 32;  // a staged pixel's channels; its two 16-byte halves swap every 4 rows (swizzled)
+constexpr int kStages = 3;
+constexpr int kMaxInputs = 8;
+constexpr float kSlope = 0.2f;
+
+enum Epilogue { kNone = 0, kBias = 1, kBiasLeaky = 2, kLeakyGrad = 3 };
+
+struct Params {
+  const char* x[kMaxInputs];  // flat inputs (rows, c[i])
+  const char* w[kMaxInputs];  // (9 * cout, c[i]) each
+  int c[kMaxInputs];
+  int n_inputs;
+  const char* extra;  // bias (cout,) or the activation (rows, cout) for kLeakyGrad
+  char* out;          // (rows, cout)
+  long long rows, margin;
+  int lines, h2, w2, cout;  // lines = n * (h + 2); h2 = h + 2; w2 = w + 2
+  int col_tiles;
+  int tiles;                       // blocks computing outputs; kZeroBlocks more zero the margins
+  long long zero_head, zero_tail;  // the rows outside the image lines: [0, zero_head) and [zero_tail, rows)
+};
+
+constexpr int kZeroBlocks = 8;
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
+  int n = valid ? 16 : 0;  // 0 source bytes: zero fill
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+template <typename T>
+__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+
+template <>
+__device__ __forceinline__ void mma<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <>
+__device__ __forceinline__ void mma<float>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// float32 operands are rounded to TF32 (to nearest, as cuBLAS and Triton do; the tensor cores alone would truncate,
+// a bias that sums of many products, such as the bias gradients, would keep).
+template <typename T>
+__device__ __forceinline__ void round_operands(uint32_t (&r)[4]) {
+  if constexpr (sizeof(T) == 4) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) asm("cvt.rna.tf32.f32 %0, %0;\n" : "+r"(r[i]));
+  }
+}
+
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+__device__ __forceinline__ float to_float(float v) { return v; }
+
+__device__ __forceinline__ void store_pair(__nv_bfloat16* dst, float a, float b) {
+  *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(a, b);
+}
+__device__ __forceinline__ void store_pair(float* dst, float a, float b) {
+  *reinterpret_cast<float2*>(dst) = make_float2(a, b);
+}
+
+// MT m16 tiles a line: MT * 16 pixels a line; the tile has 2 more columns.
+template <int NT, int MT>
+__host__ __device__ constexpr int stage_bytes() {
+  return (kTileLines * (MT * 16 + 2) + 9 * NT) * kRowBytes;
+}
+
+// Byte offset of 16-byte half `half` of staged row `row`: the halves swap every four rows, so that the eight rows
+// an ldmatrix reads (any eight consecutive ones) fall in distinct banks.
+__device__ __forceinline__ uint32_t swizzled(int row, int half) {
+  return row * kRowBytes + ((half ^ ((row >> 2) & 1)) << 4);
+}
+
+// Stage `s`'s copies: KC channels (32 bytes) of one input, its tile and its nine taps' NT x KC weights.
+template <typename T, int NT, int MT>
+__device__ __forceinline__ void load_stage(const Params& p, int input, int chunk, uint32_t smem, int line0, int col0,
+                                           int n0) {
+  constexpr int kTileCols = MT * 16 + 2;
+  const int c = p.c[input];
+  const char* x = p.x[input] + (size_t)chunk * 32;
+  for (int i = threadIdx.x; i < kTileLines * kTileCols * 2; i += blockDim.x) {
+    int pix = i >> 1, half = i & 1;
+    int j = pix / kTileCols, k = pix - j * kTileCols;
+    long long row = p.margin + (long long)(line0 - 1 + j) * p.w2 + (col0 - 1 + k);
+    bool valid = row >= 0 && row < p.rows;
+    const char* src = x + (valid ? row : 0) * c * (long long)sizeof(T) + half * 16;
+    cp_async16(smem + swizzled(pix, half), src, valid);
+  }
+  const char* w = p.w[input] + (size_t)chunk * 32;
+  uint32_t wsmem = smem + kTileLines * kTileCols * kRowBytes;
+  for (int i = threadIdx.x; i < 9 * NT * 2; i += blockDim.x) {
+    int r = i >> 1, half = i & 1;
+    int tap = r / NT, n = r - tap * NT;
+    const char* src = w + ((long long)(tap * p.cout + n0 + n) * c) * sizeof(T) + half * 16;
+    cp_async16(wsmem + swizzled(r, half), src, true);
+  }
+}
+
+template <typename T, int NT, int MT, int EPI>
+__global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constant__ Params p) {
+  constexpr int kSeg = MT * 16, kTileCols = kSeg + 2;
+  extern __shared__ __align__(128) char smem_raw[];
+  const uint32_t smem = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  constexpr int kc = 32 / sizeof(T);
+  if ((int)blockIdx.x >= p.tiles) {  // a margin block: zero its share of the rows outside the image lines
+    if (blockIdx.y != 0) return;
+    const long long row_bytes = (long long)p.cout * sizeof(T);
+    const long long head = p.zero_head * row_bytes / 16, tail = (p.rows - p.zero_tail) * row_bytes / 16;
+    int4* out = reinterpret_cast<int4*>(p.out);
+    int4* out_tail = reinterpret_cast<int4*>(p.out + p.zero_tail * row_bytes);
+    for (long long i = (blockIdx.x - p.tiles) * blockDim.x + threadIdx.x; i < head + tail;
+         i += (long long)kZeroBlocks * blockDim.x)
+      (i < head ? out[i] : out_tail[i - head]) = make_int4(0, 0, 0, 0);
+    return;
+  }
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int line0 = (blockIdx.x / p.col_tiles) * kLines, col0 = (blockIdx.x % p.col_tiles) * kSeg;
+  const int n0 = blockIdx.y * NT;
+
+  int total = 0;
+  for (int i = 0; i < p.n_inputs; ++i) total += p.c[i] / kc;
+
+  // stage order: input 0's chunks, then input 1's, ...
+  int load_input = 0, load_chunk = 0;
+  auto advance = [&](int& input, int& chunk) {
+    if (++chunk == p.c[input] / kc) {
+      chunk = 0;
+      ++input;
+    }
+  };
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < total) {
+      load_stage<T, NT, MT>(p, load_input, load_chunk, smem + s * stage_bytes<NT, MT>(), line0, col0, n0);
+      advance(load_input, load_chunk);
+    }
+    cp_async_commit();
+  }
+
+  float acc[MT][NT / 8][4];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int j = 0; j < NT / 8; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[m][j][q] = 0.f;
+
+  // ldmatrix addresses: A rows (lane % 16) at 16-byte half (lane / 16); B rows n = 8 * (lane / 16) + lane % 8 at half
+  // (lane / 8) % 2.
+  const int a_row = lane & 15, a_half = lane >> 4;
+  const int b_row = ((lane >> 4) << 3) + (lane & 7), b_half = (lane >> 3) & 1;
+
+  for (int s = 0; s < total; ++s) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    if (s + kStages - 1 < total) {
+      load_stage<T, NT, MT>(p, load_input, load_chunk, smem + ((s + kStages - 1) % kStages) * stage_bytes<NT, MT>(), line0,
+                        col0, n0);
+      advance(load_input, load_chunk);
+    }
+    cp_async_commit();
+
+    const uint32_t tile = smem + (s % kStages) * stage_bytes<NT, MT>();
+    const uint32_t wts = tile + kTileLines * kTileCols * kRowBytes;
+#pragma unroll
+    for (int tap = 0; tap < 9; ++tap) {
+      const int dy = tap / 3, dx = tap % 3;
+      uint32_t b[NT / 8][2];
+#pragma unroll
+      for (int j = 0; j < NT / 16; ++j) {
+        uint32_t r[4];
+        ldmatrix_x4(wts + swizzled(tap * NT + j * 16 + b_row, b_half), r);
+        round_operands<T>(r);
+        b[2 * j][0] = r[0];
+        b[2 * j][1] = r[1];
+        b[2 * j + 1][0] = r[2];
+        b[2 * j + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        uint32_t a[4];
+        ldmatrix_x4(tile + swizzled((warp + dy) * kTileCols + m * 16 + a_row + dx, a_half), a);
+        round_operands<T>(a);
+#pragma unroll
+        for (int j = 0; j < NT / 8; ++j) mma<T>(acc[m][j], a, b[j][0], b[j][1]);
+      }
+    }
+  }
+  cp_async_wait<0>();
+
+  // Epilogue: accumulator element q of (m, j) is pixel m * 16 + lane / 4 + 8 * (q / 2), channel j * 8 + 2 * (lane % 4)
+  // + q % 2.
+  const int line = line0 + warp;
+  if (line >= p.lines) return;
+  const int y = line % p.h2;
+  const bool line_inside = y >= 1 && y <= p.h2 - 2;
+  T* out = reinterpret_cast<T*>(p.out);
+  const T* extra = reinterpret_cast<const T*>(p.extra);
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int col = col0 + m * 16 + (lane >> 2) + 8 * half;
+      if (col >= p.w2) continue;
+      const bool inside = line_inside && col >= 1 && col <= p.w2 - 2;
+      const long long row = p.margin + (long long)line * p.w2 + col;
+#pragma unroll
+      for (int j = 0; j < NT / 8; ++j) {
+        const int n = n0 + j * 8 + 2 * (lane & 3);
+        float v[2] = {acc[m][j][2 * half], acc[m][j][2 * half + 1]};
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          if (EPI == kBias || EPI == kBiasLeaky) v[e] += to_float(extra[n + e]);
+          if (EPI == kBiasLeaky) v[e] = v[e] >= 0.f ? v[e] : kSlope * v[e];
+          if (EPI == kLeakyGrad) v[e] = to_float(extra[row * p.cout + n + e]) >= 0.f ? v[e] : kSlope * v[e];
+          if (!inside) v[e] = 0.f;
+        }
+        store_pair(out + row * p.cout + n, v[0], v[1]);
+      }
+    }
+  }
+}
+
+template <typename T, int NT, int MT, int EPI>
+cudaError_t launch(const Params& p, cudaStream_t stream) {
+  auto kernel = dense_conv_kernel<T, NT, MT, EPI>;
+  const int smem = kStages * stage_bytes<NT, MT>();
+  static bool attribute_set[64] = {};  // the shared-memory limit is raised once a device
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  if (device >= 64 || !attribute_set[device]) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) return err;
+    if (device < 64) attribute_set[device] = true;
+  }
+  dim3 grid(p.tiles + kZeroBlocks, p.cout / NT);
+  kernel<<<grid, 128, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T, int NT, int MT>
+cudaError_t launch_epilogue(const Params& p, int epilogue, cudaStream_t stream) {
+  switch (epilogue) {
+    case kNone: return launch<T, NT, MT, kNone>(p, stream);
+    case kBias: return launch<T, NT, MT, kBias>(p, stream);
+    case kBiasLeaky: return launch<T, NT, MT, kBiasLeaky>(p, stream);
+    default: return launch<T, NT, MT, kLeakyGrad>(p, stream);
+  }
+}
+
+// The line width in m16 tiles: of 4, 3 and 5, the one that wastes the fewest columns of a row width w2 (the first
+// on ties). Narrower blocks were slower in every layer measured (benchmarks/NOTES.md).
+int tiles_a_line(int w2) {
+  int best = 4, waste = 1 << 30;
+  for (int mt : {4, 3, 5}) {
+    int seg = mt * 16, w = (w2 + seg - 1) / seg * seg - w2;
+    if (w < waste) best = mt, waste = w;
+  }
+  return best;
+}
+
+template <typename T, int NT>
+cudaError_t launch_width(const Params& p, int mt, int epilogue, cudaStream_t stream) {
+  switch (mt) {
+    case 3: return launch_epilogue<T, NT, 3>(p, epilogue, stream);
+    case 5: return launch_epilogue<T, NT, 5>(p, epilogue, stream);
+    default: return launch_epilogue<T, NT, 4>(p, epilogue, stream);
+  }
+}
+
+ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Result<ffi::AnyBuffer> out, int64_t n,
+                         int64_t h, int64_t w, int64_t margin, int64_t n_inputs, int64_t epilogue) {
+  if (n_inputs < 1 || n_inputs > kMaxInputs) return ffi::Error::InvalidArgument("dense_conv: 1 to 8 inputs");
+  if (epilogue < kNone || epilogue > kLeakyGrad) return ffi::Error::InvalidArgument("dense_conv: unknown epilogue");
+  const int with_extra = epilogue == kNone ? 0 : 1;
+  if ((int64_t)args.size() != 2 * n_inputs + with_extra)
+    return ffi::Error::InvalidArgument("dense_conv: expected inputs, kernels and the epilogue's operand");
+  Params p{};
+  const auto dtype = out->element_type();
+  const size_t elem = dtype == ffi::DataType::BF16 ? 2 : 4;
+  if (dtype != ffi::DataType::BF16 && dtype != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("dense_conv: bfloat16 or float32 only");
+  auto out_dims = out->dimensions();
+  p.rows = out_dims[0];
+  p.cout = (int)out_dims[1];
+  if (p.cout % 16 != 0) return ffi::Error::InvalidArgument("dense_conv: output channels must be a multiple of 16");
+  const int kc = 32 / (int)elem;
+  for (int i = 0; i < n_inputs; ++i) {
+    auto x = args.get<ffi::AnyBuffer>(i);
+    auto k = args.get<ffi::AnyBuffer>(n_inputs + i);
+    if (x.has_error()) return x.error();
+    if (k.has_error()) return k.error();
+    p.x[i] = static_cast<const char*>(x->untyped_data());
+    p.w[i] = static_cast<const char*>(k->untyped_data());
+    p.c[i] = (int)x->dimensions()[1];
+    if (p.c[i] % kc != 0) return ffi::Error::InvalidArgument("dense_conv: channels must be a multiple of 32 bytes");
+  }
+  if (with_extra) {
+    auto e = args.get<ffi::AnyBuffer>(2 * n_inputs);
+    if (e.has_error()) return e.error();
+    p.extra = static_cast<const char*>(e->untyped_data());
+  }
+  p.n_inputs = (int)n_inputs;
+  p.out = static_cast<char*>(out->untyped_data());
+  p.margin = margin;
+  p.h2 = (int)h + 2;
+  p.w2 = (int)w + 2;
+  p.lines = (int)n * p.h2;
+  const int mt = tiles_a_line(p.w2);
+  p.col_tiles = (p.w2 + mt * 16 - 1) / (mt * 16);
+  p.tiles = (p.lines + kLines - 1) / kLines * p.col_tiles;
+  p.zero_head = p.margin;
+  p.zero_tail = p.margin + (long long)p.lines * p.w2;
+  cudaError_t err;
+  const bool nt32 = p.cout % 32 == 0;
+  if (dtype == ffi::DataType::BF16)
+    err = nt32 ? launch_width<__nv_bfloat16, 32>(p, mt, (int)epilogue, stream)
+               : launch_width<__nv_bfloat16, 16>(p, mt, (int)epilogue, stream);
+  else
+    err = nt32 ? launch_width<float, 32>(p, mt, (int)epilogue, stream)
+               : launch_width<float, 16>(p, mt, (int)epilogue, stream);
+  if (err != cudaSuccess) return ffi::Error::Internal(cudaGetErrorString(err));
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IrrmDenseConv, DenseConvImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .RemainingArgs()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("n")
+                                  .Attr<int64_t>("h")
+                                  .Attr<int64_t>("w")
+                                  .Attr<int64_t>("margin")
+                                  .Attr<int64_t>("n_inputs")
+                                  .Attr<int64_t>("epilogue"),
+                              {ffi::Traits::kCmdBufferCompatible});
