@@ -275,11 +275,11 @@ def _conv_function(conv_impl: str):
 
 
 def _forward(layout, conv_impl, x, kernels, biases):
-    conv = _conv_function(conv_impl)
+    convolve = _conv_function(conv_impl)
     feats = [x]
     for k, (layer_kernels, bias) in enumerate(zip(kernels, biases, strict=True)):
         layer_kernels = [jnp.swapaxes(kernel, 1, 2) for kernel in layer_kernels]  # conv's (9, cout, c) layout
-        feats.append(conv(feats, layer_kernels, layout, "bias" if k == len(kernels) - 1 else "bias_leaky", bias))
+        feats.append(convolve(feats, layer_kernels, layout, "bias" if k == len(kernels) - 1 else "bias_leaky", bias))
     return feats
 
 
@@ -297,7 +297,7 @@ def _dense_block_fwd(layout, conv_impl, x, kernels, biases):
 
 
 def _dense_block_bwd(layout, conv_impl, residuals, g):
-    conv = _conv_function(conv_impl)
+    convolve = _conv_function(conv_impl)
     feats, kernels = residuals  # every array here is in the block's compute dtype, the biases too
     layers = len(kernels)
     keep = interior(layout, jnp.arange(layout.rows, dtype=jnp.int32))[:, None]
@@ -305,10 +305,10 @@ def _dense_block_bwd(layout, conv_impl, residuals, g):
     dz[-1] = jnp.where(keep, g, 0).astype(g.dtype)
     for j in range(layers - 1, 0, -1):  # feats[j] is layer j-1's output, read by layers j..end
         later = range(j, layers)
-        dz[j - 1] = conv(
+        dz[j - 1] = convolve(
             [dz[k] for k in later], [_flipped(kernels[k][j]) for k in later], layout, "leaky_grad", feats[j]
         )
-    dx = conv(dz, [_flipped(kernels[k][0]) for k in range(layers)], layout, "none")
+    dx = convolve(dz, [_flipped(kernels[k][0]) for k in range(layers)], layout, "none")
     kernel_grads, bias_grads = [], []
     for k in range(layers):
         grads, bias_grad = weight_grad(feats[: k + 1], dz[k], layout)
