@@ -117,11 +117,9 @@ def conv(
     if dtype == jnp.float32 and jax.config.jax_default_matmul_precision in FULL_FLOAT32:
         return dense_kernels.conv(inputs, kernels, layout, epilogue, extra)
     register()
-    cout = kernels[0].shape[1]
-    operands = [*inputs, *(k.reshape(9 * cout, -1) for k in kernels), *([] if extra is None else [extra])]
-    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((layout.rows, cout), dtype))
+    call = jax.ffi.ffi_call(TARGET, jax.ShapeDtypeStruct((layout.rows, kernels[0].shape[1]), dtype))
     return call(
-        *operands,
+        *dense_kernels.conv_operands(inputs, kernels, extra),
         n=np.int64(layout.n),
         h=np.int64(layout.h),
         w=np.int64(layout.w),

@@ -173,6 +173,12 @@ def _conv_kernel(*refs, layout: FlatLayout, n_inputs: int, epilogue: str):
         out_ref[pl.ds(start, block), :] = jnp.zeros((block, cout), out_ref.dtype)
 
 
+def conv_operands(inputs: Sequence[jax.Array], kernels: Sequence[jax.Array], extra: jax.Array | None) -> list:
+    """A convolution kernel's operands, in order: the inputs, each kernel as a (9 * cout, c_i) matrix, the extra."""
+    cout = kernels[0].shape[1]
+    return [*inputs, *(k.reshape(9 * cout, -1) for k in kernels), *([] if extra is None else [extra])]
+
+
 def conv(
     inputs: Sequence[jax.Array],
     kernels: Sequence[jax.Array],
@@ -190,7 +196,7 @@ def conv(
         LeakyReLU's slope where the flat array `extra`, the activation's output, is negative) or "none".
     """
     cout = kernels[0].shape[1]
-    operands = [*inputs, *(k.reshape(9 * cout, -1) for k in kernels), *([] if extra is None else [extra])]
+    operands = conv_operands(inputs, kernels, extra)
     kernel = functools.partial(_conv_kernel, layout=layout, n_inputs=len(inputs), epilogue=epilogue)
     out_shape = jax.ShapeDtypeStruct((layout.rows, cout), inputs[0].dtype)
     name = f"dense_conv_{epilogue}_{layout.h}x{layout.w}"  # names the Triton kernel in profiles
@@ -265,17 +271,7 @@ def _flipped(kernel: jax.Array) -> jax.Array:
     return kernel[::-1]
 
 
-def _conv_function(conv_impl: str):
-    """The 3x3 convolution by name: "pallas" (`conv`) or "cuda" (`irrm_jax.cuda_conv.conv`, speed option dense_cuda)."""
-    if conv_impl == "cuda":
-        from irrm_jax import cuda_conv
-
-        return cuda_conv.conv
-    return conv
-
-
-def _forward(layout, conv_impl, x, kernels, biases):
-    convolve = _conv_function(conv_impl)
+def _forward(layout, convolve, x, kernels, biases):
     feats = [x]
     for k, (layer_kernels, bias) in enumerate(zip(kernels, biases, strict=True)):
         layer_kernels = [jnp.swapaxes(kernel, 1, 2) for kernel in layer_kernels]  # conv's (9, cout, c) layout
@@ -284,20 +280,19 @@ def _forward(layout, conv_impl, x, kernels, biases):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def dense_block_flat(layout: FlatLayout, conv_impl: str, x: jax.Array, kernels: tuple, biases: tuple) -> jax.Array:
+def dense_block_flat(layout: FlatLayout, convolve, x: jax.Array, kernels: tuple, biases: tuple) -> jax.Array:
     """The DenseBlock on a flat input: layer k (0-based) convolves [x, x1, ..., xk] with kernels[k] (one
     (9, c, cout) per input) and adds biases[k]; layers before the last apply LeakyReLU(0.2). The convolutions,
-    forward and backward, are `conv` (conv_impl "pallas") or the CUDA kernel's (conv_impl "cuda")."""
-    return _forward(layout, conv_impl, x, kernels, biases)[-1]
+    forward and backward, are ``convolve``: `conv` or `irrm_jax.cuda_conv.conv` (same arguments)."""
+    return _forward(layout, convolve, x, kernels, biases)[-1]
 
 
-def _dense_block_fwd(layout, conv_impl, x, kernels, biases):
-    feats = _forward(layout, conv_impl, x, kernels, biases)
+def _dense_block_fwd(layout, convolve, x, kernels, biases):
+    feats = _forward(layout, convolve, x, kernels, biases)
     return feats[-1], (feats[:-1], kernels)
 
 
-def _dense_block_bwd(layout, conv_impl, residuals, g):
-    convolve = _conv_function(conv_impl)
+def _dense_block_bwd(layout, convolve, residuals, g):
     feats, kernels = residuals  # every array here is in the block's compute dtype, the biases too
     layers = len(kernels)
     keep = interior(layout, jnp.arange(layout.rows, dtype=jnp.int32))[:, None]
@@ -365,7 +360,12 @@ def _dense_block_on_device(x, kernels, biases, dtype, cuda):
         parts += [kernel[:, c_in + j * growth : c_in + (j + 1) * growth] for j in range(k)]
         flat_kernels.append(tuple(p.astype(dtype) for p in parts))
     flat_biases = [b.astype(dtype) for b in biases[:-1]] + [jnp.pad(biases[-1], (0, c_out - features)).astype(dtype)]
-    conv_impl = "cuda" if cuda else "pallas"
+    if cuda:
+        from irrm_jax import cuda_conv  # imports this module
+
+        convolve = cuda_conv.conv
+    else:
+        convolve = conv
     flat_x = to_flat(x.astype(dtype), layout, c_x)
-    out = dense_block_flat(layout, conv_impl, flat_x, tuple(flat_kernels), tuple(flat_biases))
+    out = dense_block_flat(layout, convolve, flat_x, tuple(flat_kernels), tuple(flat_biases))
     return from_flat(out, layout, features)
