@@ -18,8 +18,8 @@ import re
 from pathlib import Path
 
 CATEGORIES = (  # (category, regular expression on the kernel name); the first match wins
-    ("Pallas DenseBlock convolution", r"^dense_conv_"),
-    ("Pallas DenseBlock kernel gradient", r"^dense_weight_grad_"),
+    ("DenseBlock convolution (Pallas or CUDA)", r"dense_conv_"),  # CUDA kernels' names are mangled: not anchored
+    ("DenseBlock kernel gradient (Pallas or CUDA)", r"dense_weight_grad_"),
     ("cuDNN channel padding", r"AddPadding"),
     ("convolution / matrix product library kernel", r"cudnn|xmma|gemm|cutlass|conv|^sm\d\d_"),
     ("copy / set", r"(?i)memcpy|memset"),

@@ -32,7 +32,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.fuse_gh = False
     config.model.dense_outward = False
     # IRN's DenseBlocks as Pallas GPU kernels (irrm_jax.dense_kernels; Triton on GPUs, an interpreter elsewhere);
-    # dense_cuda: the same with their 3x3 convolutions from a CUDA kernel (irrm_jax.cuda_conv; NVIDIA GPUs, nvcc).
+    # dense_cuda: the same with their kernels in CUDA (irrm_jax.cuda_kernels; NVIDIA GPUs, nvcc).
     config.model.dense_pallas = False
     config.model.dense_cuda = False
     # irrm_jax.models.RescalerConfig fields that replace the variant's; None keeps the variant's value.

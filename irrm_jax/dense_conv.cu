@@ -1,4 +1,4 @@
-// The DenseBlock's 3x3 convolution (irrm_jax/cuda_conv.py, speed option dense_cuda) as an XLA FFI handler: the
+// The DenseBlock's 3x3 convolution (irrm_jax/cuda_kernels.py, speed option dense_cuda) as an XLA FFI handler: the
 // same function as dense_kernels.conv on the same flat arrays (see that module for the layout and the epilogues).
 //
 // A block of 4 warps computes 4 image lines x MT * 16 pixels x NT output channels. Per step it stages, with cp.async
@@ -6,22 +6,16 @@
 // pixels) and the nine taps' weights for them in shared memory, and takes all nine taps' matrix products from there
 // (ldmatrix at shifted rows, mma.sync with bf16 or tf32 operands, float32 sums): each input element is read from L2
 // about 1.5 times, against 9 times in the Pallas kernel, whose tap loads bound it (benchmarks/NOTES.md).
-#include <cuda_bf16.h>
-#include <cuda_runtime.h>
-#include <cstdint>
-
-#include "xla/ffi/api/ffi.h"
-
-namespace ffi = xla::ffi;
+#include "dense_cuda.cuh"
 
 namespace {
+
+using namespace dense_cuda;
 
 constexpr int kLines = 4;    // image lines a block computes (one a warp)
 constexpr int kTileLines = kLines + 2;
 constexpr int kRowBytes = 32;  // a staged pixel's channels; its two 16-byte halves swap every 4 rows (swizzled)
 constexpr int kStages = 3;
-constexpr int kMaxInputs = 8;
-constexpr float kSlope = 0.2f;
 
 enum Epilogue { kNone = 0, kBias = 1, kBiasLeaky = 2, kLeakyGrad = 3 };
 
@@ -40,61 +34,6 @@ struct Params {
 };
 
 constexpr int kZeroBlocks = 8;
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool valid) {
-  int n = valid ? 16 : 0;  // 0 source bytes: zero fill
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4]) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
-
-template <typename T>
-__device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-
-template <>
-__device__ __forceinline__ void mma<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <>
-__device__ __forceinline__ void mma<float>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-      "{%0,%1,%2,%3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-// float32 operands are rounded to TF32 (to nearest, as cuBLAS and Triton do; the tensor cores alone would truncate,
-// a bias that sums of many products, such as the bias gradients, would keep).
-template <typename T>
-__device__ __forceinline__ void round_operands(uint32_t (&r)[4]) {
-  if constexpr (sizeof(T) == 4) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) asm("cvt.rna.tf32.f32 %0, %0;\n" : "+r"(r[i]));
-  }
-}
-
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(float v) { return v; }
-
-__device__ __forceinline__ void store_pair(__nv_bfloat16* dst, float a, float b) {
-  *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(a, b);
-}
-__device__ __forceinline__ void store_pair(float* dst, float a, float b) {
-  *reinterpret_cast<float2*>(dst) = make_float2(a, b);
-}
 
 // MT m16 tiles a line: MT * 16 pixels a line; the tile has 2 more columns.
 template <int NT, int MT>
@@ -259,17 +198,10 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
 
 template <typename T, int NT, int MT, int EPI>
 cudaError_t launch(const Params& p, cudaStream_t stream) {
-  auto kernel = dense_conv_kernel<T, NT, MT, EPI>;
+  constexpr auto kernel = dense_conv_kernel<T, NT, MT, EPI>;
   const int smem = kStages * stage_bytes<NT, MT>();
-  static bool attribute_set[64] = {};  // the shared-memory limit is raised once a device
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
+  cudaError_t err = allow_shared_memory<kernel>(smem);
   if (err != cudaSuccess) return err;
-  if (device >= 64 || !attribute_set[device]) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err != cudaSuccess) return err;
-    if (device < 64) attribute_set[device] = true;
-  }
   dim3 grid(p.tiles + kZeroBlocks, p.cout / NT);
   kernel<<<grid, 128, smem, stream>>>(p);
   return cudaGetLastError();

@@ -23,7 +23,8 @@ devices by shard_map's transpose.
 
 import dataclasses
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -259,10 +260,27 @@ def weight_grad(
     kernel = functools.partial(_weight_grad_kernel, layout=layout, n_inputs=len(inputs))
     name = f"dense_weight_grad_{layout.h}x{layout.w}"
     stages = FLOAT32_WEIGHT_GRAD_STAGES if grad.dtype == jnp.float32 else NUM_STAGES
-    summed = _pallas(kernel, name, out_shape, (9, chunks), len(inputs) + 1, stages)(*inputs, grad)
-    summed = summed.reshape(chunks, 9, total, cout).sum(0)
+    partials = _pallas(kernel, name, out_shape, (9, chunks), len(inputs) + 1, stages)(*inputs, grad)
+    return split_weight_grads(partials.reshape(chunks, 9, total, cout), channels)
+
+
+def split_weight_grads(partials: jax.Array, channels: Sequence[int]) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    """`weight_grad`'s result from partial sums (groups, 9, sum(channels) + 1, cout): per tap the kernels' rows, one
+    input after another, then the bias gradient's row (nonzero at the centre tap only)."""
+    summed = partials.sum(0)
     starts = [sum(channels[:i]) for i in range(len(channels))]
     return tuple(summed[:, a : a + c] for a, c in zip(starts, channels, strict=True)), summed[4, -1]
+
+
+class Ops(NamedTuple):
+    """The two kernels a DenseBlock is computed with, forward and backward: `conv` and `weight_grad` here (Pallas),
+    or the CUDA ones of `irrm_jax.cuda_kernels` (same arguments and results)."""
+
+    conv: Callable
+    weight_grad: Callable
+
+
+PALLAS = Ops(conv, weight_grad)
 
 
 def _flipped(kernel: jax.Array) -> jax.Array:
@@ -271,28 +289,28 @@ def _flipped(kernel: jax.Array) -> jax.Array:
     return kernel[::-1]
 
 
-def _forward(layout, convolve, x, kernels, biases):
+def _forward(layout, ops, x, kernels, biases):
     feats = [x]
     for k, (layer_kernels, bias) in enumerate(zip(kernels, biases, strict=True)):
         layer_kernels = [jnp.swapaxes(kernel, 1, 2) for kernel in layer_kernels]  # conv's (9, cout, c) layout
-        feats.append(convolve(feats, layer_kernels, layout, "bias" if k == len(kernels) - 1 else "bias_leaky", bias))
+        feats.append(ops.conv(feats, layer_kernels, layout, "bias" if k == len(kernels) - 1 else "bias_leaky", bias))
     return feats
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def dense_block_flat(layout: FlatLayout, convolve, x: jax.Array, kernels: tuple, biases: tuple) -> jax.Array:
+def dense_block_flat(layout: FlatLayout, ops: Ops, x: jax.Array, kernels: tuple, biases: tuple) -> jax.Array:
     """The DenseBlock on a flat input: layer k (0-based) convolves [x, x1, ..., xk] with kernels[k] (one
-    (9, c, cout) per input) and adds biases[k]; layers before the last apply LeakyReLU(0.2). The convolutions,
-    forward and backward, are ``convolve``: `conv` or `irrm_jax.cuda_conv.conv` (same arguments)."""
-    return _forward(layout, convolve, x, kernels, biases)[-1]
+    (9, c, cout) per input) and adds biases[k]; layers before the last apply LeakyReLU(0.2). Forward and backward
+    are computed by ``ops`` (`PALLAS` or `irrm_jax.cuda_kernels.CUDA`)."""
+    return _forward(layout, ops, x, kernels, biases)[-1]
 
 
-def _dense_block_fwd(layout, convolve, x, kernels, biases):
-    feats = _forward(layout, convolve, x, kernels, biases)
+def _dense_block_fwd(layout, ops, x, kernels, biases):
+    feats = _forward(layout, ops, x, kernels, biases)
     return feats[-1], (feats[:-1], kernels)
 
 
-def _dense_block_bwd(layout, convolve, residuals, g):
+def _dense_block_bwd(layout, ops, residuals, g):
     feats, kernels = residuals  # every array here is in the block's compute dtype, the biases too
     layers = len(kernels)
     keep = interior(layout, jnp.arange(layout.rows, dtype=jnp.int32))[:, None]
@@ -300,13 +318,13 @@ def _dense_block_bwd(layout, convolve, residuals, g):
     dz[-1] = jnp.where(keep, g, 0).astype(g.dtype)
     for j in range(layers - 1, 0, -1):  # feats[j] is layer j-1's output, read by layers j..end
         later = range(j, layers)
-        dz[j - 1] = convolve(
+        dz[j - 1] = ops.conv(
             [dz[k] for k in later], [_flipped(kernels[k][j]) for k in later], layout, "leaky_grad", feats[j]
         )
-    dx = convolve(dz, [_flipped(kernels[k][0]) for k in range(layers)], layout, "none")
+    dx = ops.conv(dz, [_flipped(kernels[k][0]) for k in range(layers)], layout, "none")
     kernel_grads, bias_grads = [], []
     for k in range(layers):
-        grads, bias_grad = weight_grad(feats[: k + 1], dz[k], layout)
+        grads, bias_grad = ops.weight_grad(feats[: k + 1], dz[k], layout)
         kernel_grads.append(tuple(gk.astype(kk.dtype) for gk, kk in zip(grads, kernels[k], strict=True)))
         bias_grads.append(bias_grad.astype(dz[k].dtype))
     return dx, tuple(kernel_grads), tuple(bias_grads)
@@ -326,8 +344,8 @@ def dense_block(
     """IRN's DenseBlock (`subnets.DenseBlock`'s function) on (n, h, w, c_in), from its HWIO kernels and biases.
 
     Layer k sees [x, x1, ..., xk] concatenated in that order; returns (n, h, w, features) in dtype. With ``cuda``
-    the 3x3 convolutions come from `irrm_jax.cuda_conv` (NVIDIA GPUs, bfloat16 or float32). Under an abstract mesh
-    with a 'data' axis, each device runs its part of the batch.
+    the convolutions and kernel gradients come from `irrm_jax.cuda_kernels` (NVIDIA GPUs, bfloat16 or float32).
+    Under an abstract mesh with a 'data' axis, each device runs its part of the batch.
     """
     growth = kernels[0].shape[-1]
     if growth != padded_channels(growth):
@@ -361,11 +379,11 @@ def _dense_block_on_device(x, kernels, biases, dtype, cuda):
         flat_kernels.append(tuple(p.astype(dtype) for p in parts))
     flat_biases = [b.astype(dtype) for b in biases[:-1]] + [jnp.pad(biases[-1], (0, c_out - features)).astype(dtype)]
     if cuda:
-        from irrm_jax import cuda_conv  # imports this module
+        from irrm_jax import cuda_kernels  # imports this module
 
-        convolve = cuda_conv.conv
+        ops = cuda_kernels.CUDA
     else:
-        convolve = conv
+        ops = PALLAS
     flat_x = to_flat(x.astype(dtype), layout, c_x)
-    out = dense_block_flat(layout, convolve, flat_x, tuple(flat_kernels), tuple(flat_biases))
+    out = dense_block_flat(layout, ops, flat_x, tuple(flat_kernels), tuple(flat_biases))
     return from_flat(out, layout, features)

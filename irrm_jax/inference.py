@@ -88,7 +88,7 @@ def load_model_and_params(
         for IRN state dicts).
       dense_pallas: run IRN's DenseBlocks as Pallas GPU kernels (`irrm_jax.dense_kernels`; the same function);
         None keeps the training config's choice (off for IRN state dicts).
-      dense_cuda: ``dense_pallas`` with the convolutions from a CUDA kernel (`irrm_jax.cuda_conv`); None likewise.
+      dense_cuda: ``dense_pallas`` with the DenseBlocks' kernels in CUDA (`irrm_jax.cuda_kernels`); None likewise.
 
     Returns:
       ``(model, params, model_name, scale)``.

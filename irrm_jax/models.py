@@ -104,8 +104,8 @@ class InvertibleRescaler(nn.Module):
       fuse_gh: speed option: evaluate each coupling's G and H together (see `coupling`).
       dense_outward: speed option: DenseBlocks convolve each feature map once into all later convs (see `subnets`).
       dense_pallas: speed option: DenseBlocks run as Pallas GPU kernels (see `dense_kernels`).
-      dense_cuda: speed option: ``dense_pallas`` with the DenseBlocks' 3x3 convolutions from a CUDA kernel (see
-        `cuda_conv`; NVIDIA GPUs, bfloat16 or float32). Implies ``dense_pallas``.
+      dense_cuda: speed option: ``dense_pallas`` with the DenseBlocks' convolutions and kernel gradients in CUDA
+        (`cuda_kernels`; NVIDIA GPUs, bfloat16 or float32). Implies ``dense_pallas``.
     The speed options change neither the function nor the parameters.
     """
 

@@ -99,8 +99,8 @@ class DenseBlock(nn.Module):
         concatenations (input channels 3..137 -> 32 or 3..32 -> 137..9). Ignores ``channel_multiple``.
       pallas: speed option (same function and parameters): run the block as Pallas GPU kernels
         (`irrm_jax.dense_kernels`). Ignores ``channel_multiple`` and ``outward``.
-      cuda: speed option: ``pallas`` with the 3x3 convolutions from a CUDA kernel (`irrm_jax.cuda_conv`; NVIDIA
-        GPUs, bfloat16 or float32). Implies ``pallas``.
+      cuda: speed option: ``pallas`` with the convolutions and kernel gradients in CUDA (`irrm_jax.cuda_kernels`;
+        NVIDIA GPUs, bfloat16 or float32). Implies ``pallas``.
     """
 
     features: int

@@ -133,8 +133,8 @@ def verify(
       seed: for the random weights and images.
       size, batch: size and count of the random images.
       dense_pallas: run IRN's DenseBlocks as Pallas kernels (`irrm_jax.dense_kernels`) instead of XLA convolutions.
-      dense_cuda: ``dense_pallas`` with the convolutions from the CUDA kernel (`irrm_jax.cuda_conv`) in the float32
-        passes (the float64 one uses the Pallas kernels: the CUDA kernel has no float64).
+      dense_cuda: ``dense_pallas`` with the DenseBlocks' kernels in CUDA (`irrm_jax.cuda_kernels`) in the float32
+        passes (the float64 one uses the Pallas kernels: the CUDA kernels have no float64).
 
     Returns:
       For each of PRECISIONS: {'max': ..., 'mean': ...}, errors over all images. 'float32' runs the

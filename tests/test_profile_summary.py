@@ -41,14 +41,23 @@ def test_summary_counts_device_streams_per_call(tmp_path):
     assert device["span_ms_per_call"] == pytest.approx(220 / 2 / 1e3)
     categories = {r["name"]: r["ms_per_call"] * 1e3 for r in device["categories"]}
     assert categories == {
-        "Pallas DenseBlock convolution": 50,
+        "DenseBlock convolution (Pallas or CUDA)": 50,
         "copy / set": 25,
-        "Pallas DenseBlock kernel gradient": 15,
+        "DenseBlock kernel gradient (Pallas or CUDA)": 15,
         "XLA fusion or other": 10,
     }
     first = device["kernels"][0]
     assert (first["name"], first["kernels_per_call"], first["mean_us"]) == ("dense_conv_bias_leaky_72x72", 1, 50)
     assert [r["name"] for r in device["kernels"]][1:] == ["Memcpy HtoD", "dense_weight_grad_72x72", "loop_add_fusion"]
+
+
+def test_cuda_kernels_mangled_names_are_categorised():
+    cuda = (
+        "_ZN53_GLOBAL__N__5945d75d_20_dense_weight_grad_cu_8834eef524dense_weight_grad_kernelIfLi16ELi80EEEvNS_6ParamsE"
+    )
+    assert profile_summary.category(cuda) == "DenseBlock kernel gradient (Pallas or CUDA)"
+    conv = "_ZN53_GLOBAL__N__3b1f0c2d_13_dense_conv_cu_77a1b3c417dense_conv_kernelI13__nv_bfloat16Li32ELi5ELi2EEEv"
+    assert profile_summary.category(conv) == "DenseBlock convolution (Pallas or CUDA)"
 
 
 def test_a_trace_without_device_kernels_is_a_clear_error(tmp_path):

@@ -1,0 +1,167 @@
+"""The DenseBlock's kernels in CUDA (the speed option ``dense_cuda``), called through XLA's FFI.
+
+`conv` and `weight_grad` are `dense_kernels.conv` and `dense_kernels.weight_grad` (same flat arrays and results up
+to rounding) computed by ``dense_conv.cu`` and ``dense_weight_grad.cu``: a block stages one input tile and its
+one-pixel halo in shared memory and feeds all nine taps from it, where the Pallas kernels load every tap's rows
+from L2 again (nine times the reads, which bound them: benchmarks/NOTES.md). `CUDA` is the pair for
+`dense_kernels.dense_block_flat`.
+
+The kernels are compiled on first use with ``nvcc`` (CUDA 12 or newer: on ``PATH``, in ``$CUDA_HOME/bin`` or in
+``/usr/local/cuda/bin``) against the installed jaxlib's FFI headers into one library in ``$IRRM_JAX_CACHE`` (default
+``~/.cache/irrm_jax``), one per source and jax version. bfloat16 and float32 (TF32 products, like cuDNN's default)
+on NVIDIA GPUs of compute capability 9.0 (H100, H200); elsewhere use ``dense_pallas`` alone. Under
+``jax.default_matmul_precision("highest")`` (or "float32") float32 work goes to the Pallas kernels, which compute
+full float32 products (as `irrm_jax.verify`'s float32 check asks).
+"""
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from irrm_jax import dense_kernels
+from irrm_jax.dense_kernels import FlatLayout
+
+SOURCES = [Path(__file__).with_name(name) for name in ("dense_conv.cu", "dense_weight_grad.cu")]
+HEADERS = [Path(__file__).with_name("dense_cuda.cuh")]
+TARGETS = {"irrm_dense_conv": "IrrmDenseConv", "irrm_dense_weight_grad": "IrrmDenseWeightGrad"}  # FFI name: symbol
+EPILOGUES = {"none": 0, "bias": 1, "bias_leaky": 2, "leaky_grad": 3}  # dense_conv.cu's `Epilogue`
+# Kernel-gradient blocks a call, about: groups of rows = this / the inputs' 16-channel chunks (fewer where there are
+# fewer tiles). 256 summed the training step's layers faster than 128 or 512 on an H100 (benchmarks/NOTES.md).
+WEIGHT_GRAD_BLOCKS = 256
+GPU_ARCH = "sm_90"
+DEFAULT_NVCC = "/usr/local/cuda/bin/nvcc"
+FULL_FLOAT32 = ("highest", "float32")  # matmul precisions that the kernel's TF32 products would not honour
+
+
+def find_nvcc() -> str:
+    """The nvcc to build with; RuntimeError if there is none."""
+    candidates = [shutil.which("nvcc")]
+    if os.environ.get("CUDA_HOME"):
+        candidates.append(os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc"))
+    candidates.append(DEFAULT_NVCC)
+    for path in candidates:
+        if path and os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    raise RuntimeError(
+        "dense_cuda compiles its CUDA kernel with nvcc, which was not found (not on PATH, in $CUDA_HOME/bin or in "
+        "/usr/local/cuda/bin): install the CUDA toolkit or set CUDA_HOME, or turn dense_cuda off (dense_pallas "
+        "alone runs the same function)."
+    )
+
+
+def library_path() -> Path:
+    """Where the built library lives: named by a hash of the sources, the jax version and the GPU target."""
+    sources = b"".join(path.read_bytes() for path in [*SOURCES, *HEADERS])
+    key = hashlib.sha256(sources + f"{jax.__version__} {GPU_ARCH}".encode()).hexdigest()[:16]
+    cache = Path(os.environ.get("IRRM_JAX_CACHE", Path.home() / ".cache" / "irrm_jax"))
+    return cache / f"dense_cuda_{key}.so"
+
+
+def build_library() -> Path:
+    """Compiles the CUDA sources into `library_path()` unless it is there (atomically: concurrent builds are safe)."""
+    path = library_path()
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        find_nvcc(),
+        "-O3",
+        "-std=c++17",
+        f"-gencode=arch=compute_{GPU_ARCH[3:]},code={GPU_ARCH}",
+        "-shared",
+        "-Xcompiler",
+        "-fPIC",
+        "-diag-suppress",
+        "940,2473",  # warnings in XLA's FFI headers
+        f"-I{jax.ffi.include_dir()}",
+        *map(str, SOURCES),
+    ]
+    with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+        built = Path(tmp) / path.name
+        result = subprocess.run([*command, "-o", str(built)], capture_output=True, text=True)
+        if result.returncode:
+            raise RuntimeError(f"building {path.name} failed ({' '.join(command)}):\n{result.stderr[-4000:]}")
+        os.replace(built, path)
+    return path
+
+
+@functools.cache
+def register() -> None:
+    """Builds (once) and loads the library, and registers its FFI handlers with XLA for CUDA."""
+    library = ctypes.cdll.LoadLibrary(str(build_library()))
+    for target, symbol in TARGETS.items():
+        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="CUDA")
+
+
+def _check(dtype) -> bool:
+    """Whether the CUDA kernels compute for this dtype (False: full float32 asked for, use Pallas); raises where
+    they cannot."""
+    if jax.default_backend() != "gpu":
+        raise ValueError(f"dense_cuda runs on NVIDIA GPUs only (jax backend: {jax.default_backend()}).")
+    if dtype not in (jnp.bfloat16, jnp.float32):
+        raise ValueError(f"dense_cuda computes in bfloat16 or float32, not {dtype}.")
+    if dtype == jnp.float32 and jax.config.jax_default_matmul_precision in FULL_FLOAT32:
+        return False
+    register()
+    return True
+
+
+def _layout_attributes(layout: FlatLayout) -> dict:
+    return dict(n=np.int64(layout.n), h=np.int64(layout.h), w=np.int64(layout.w), margin=np.int64(layout.margin_rows))
+
+
+def conv(
+    inputs: Sequence[jax.Array],
+    kernels: Sequence[jax.Array],
+    layout: FlatLayout,
+    epilogue: str,
+    extra: jax.Array | None = None,
+) -> jax.Array:
+    """`dense_kernels.conv`, computed by the CUDA kernel (see there for the arguments).
+
+    Raises:
+      ValueError: not on a GPU backend, or a dtype other than bfloat16 and float32.
+      RuntimeError: the kernels could not be built (no nvcc, or a compile error).
+    """
+    if not _check(inputs[0].dtype):
+        return dense_kernels.conv(inputs, kernels, layout, epilogue, extra)
+    call = jax.ffi.ffi_call(
+        "irrm_dense_conv", jax.ShapeDtypeStruct((layout.rows, kernels[0].shape[1]), inputs[0].dtype)
+    )
+    return call(
+        *dense_kernels.conv_operands(inputs, kernels, extra),
+        **_layout_attributes(layout),
+        n_inputs=np.int64(len(inputs)),
+        epilogue=np.int64(EPILOGUES[epilogue]),
+    )
+
+
+def weight_grad(
+    inputs: Sequence[jax.Array], grad: jax.Array, layout: FlatLayout
+) -> tuple[tuple[jax.Array, ...], jax.Array]:
+    """`dense_kernels.weight_grad`, computed by the CUDA kernel (same arguments and results; errors as `conv`).
+
+    A block sums one 16-channel chunk's products over a group of rows; XLA adds the groups' partials.
+    """
+    if not _check(grad.dtype):
+        return dense_kernels.weight_grad(inputs, grad, layout)
+    channels, cout = [x.shape[1] for x in inputs], grad.shape[1]
+    chunks = sum(channels) // 16
+    line_tiles = -(-layout.n * (layout.h + 2) // 4)  # tiles of four image lines (the kernel's, at one a line width)
+    groups = max(1, min(line_tiles, -(-WEIGHT_GRAD_BLOCKS // chunks)))
+    out_type = jax.ShapeDtypeStruct((groups, 9, sum(channels) + 1, cout), jnp.float32)
+    partials = jax.ffi.ffi_call("irrm_dense_weight_grad", out_type)(*inputs, grad, **_layout_attributes(layout))
+    return dense_kernels.split_weight_grads(partials, channels)
+
+
+CUDA = dense_kernels.Ops(conv, weight_grad)

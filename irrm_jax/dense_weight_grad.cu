@@ -1,0 +1,334 @@
+// The DenseBlock's kernel and bias gradients (irrm_jax/cuda_kernels.py, speed option dense_cuda) as an XLA FFI
+// handler: the partial sums of dense_kernels.weight_grad from the same flat arrays.
+//
+// A tap's kernel gradient is a product summed over pixels, dW[tap] = sum_p x(p + offset(tap))^T g(p). A block sums
+// it for one 16-channel chunk of the inputs and NT output channels over a range of tiles of 4 image lines x S pixels:
+// per tile it stages (cp.async, pipelined) the gradient's tile and the chunk's input tile with its one-pixel halo in
+// shared memory, and each warp (one line of the tile) takes all nine taps' products from there (mma.sync, D = G^T X:
+// output channels as rows, pixels summed), the gradient's fragment loaded once for the nine. The bias gradient is
+// the same product with a matrix of ones, in the first chunk's blocks. The four warps' sums are added in shared
+// memory; a block writes its partial out[group][tap][channel][cout] (the bias as the last channel, nonzero at the
+// centre tap only, as dense_kernels.weight_grad), and XLA adds the groups: no atomics, deterministic sums.
+#include "dense_cuda.cuh"
+
+namespace {
+
+using namespace dense_cuda;
+
+constexpr int kLines = 4;  // image lines a tile has (one a warp)
+constexpr int kTileLines = kLines + 2;
+constexpr int kChunk = 16;  // input channels a block sums for
+constexpr int kMaxChunks = 64;
+constexpr uint32_t kOnesBf16 = 0x3F803F80u;  // two bfloat16 ones
+constexpr uint32_t kOneTf32 = 0x3F800000u;
+
+struct Params {
+  const char* x[kMaxInputs];  // flat inputs (rows, c[i])
+  int c[kMaxInputs];
+  int chunk_input[kMaxChunks], chunk_channel[kMaxChunks];  // a chunk's input, and its first channel there
+  const char* g;                                           // the output's gradient, flat (rows, cout)
+  float* out;                                              // (groups, 9, total, cout)
+  long long rows, margin;
+  int lines, w2, cout, total;  // lines = n * (h + 2); w2 = w + 2; total = all inputs' channels + 1 (the bias)
+  int col_tiles, tiles, groups;
+};
+
+// Byte offset of 16-byte segment `seg` of row `row` in a staged region of RB-byte rows, swizzled against bank
+// conflicts: bfloat16 tiles are read by ldmatrix (eight consecutive rows at one segment), float32 ones by 32-bit
+// loads (four consecutive rows x eight channels; the rows' 32-byte halves swap every two rows).
+template <typename T, int RB>
+__device__ __forceinline__ uint32_t swizzled(int row, int seg) {
+  const int key = sizeof(T) == 2 ? (row * RB / 128) % (RB / 16) : 2 * ((row >> 1) & 1);
+  return row * RB + ((seg ^ key) << 4);
+}
+
+// A float32 element's byte offset in such a region.
+template <int RB>
+__device__ __forceinline__ uint32_t element(int row, int e) {
+  return swizzled<float, RB>(row, e >> 2) + (e & 3) * 4;
+}
+
+// One pipeline stage: the gradient's tile (4 lines x S pixels x NT channels), then the input chunk's tile
+// (6 lines x S + 2 pixels x 16 channels).
+template <typename T, int NT, int S>
+struct Stage {
+  static constexpr int kGradRow = NT * sizeof(T);
+  static constexpr int kInputRow = kChunk * sizeof(T);
+  static constexpr int kCols = S + 2;
+  static constexpr int kInput = kLines * S * kGradRow;
+  static constexpr int kBytes = kInput + kTileLines * kCols * kInputRow;
+};
+
+template <typename T, int NT, int S>
+__device__ __forceinline__ void load_stage(const Params& p, int chunk, int n0, int tile, uint32_t smem) {
+  using St = Stage<T, NT, S>;
+  const int line0 = (tile / p.col_tiles) * kLines, col0 = (tile % p.col_tiles) * S;
+  constexpr int kGradSegs = St::kGradRow / 16, kInputSegs = St::kInputRow / 16;
+  for (int i = threadIdx.x; i < kLines * S * kGradSegs; i += blockDim.x) {
+    const int r = i / kGradSegs, seg = i % kGradSegs;
+    const int line = line0 + r / S, col = col0 + r % S;
+    const bool valid = line < p.lines && col < p.w2;  // outside: zeros, as the gradient is outside the pixels
+    const long long row = valid ? p.margin + (long long)line * p.w2 + col : 0;
+    cp_async16(smem + swizzled<T, St::kGradRow>(r, seg), p.g + (row * p.cout + n0) * (long long)sizeof(T) + seg * 16,
+               valid);
+  }
+  const int input = p.chunk_input[chunk];
+  const char* x = p.x[input] + p.chunk_channel[chunk] * sizeof(T);
+  const long long row_bytes = (long long)p.c[input] * sizeof(T);
+  for (int i = threadIdx.x; i < kTileLines * St::kCols * kInputSegs; i += blockDim.x) {
+    const int r = i / kInputSegs, seg = i % kInputSegs;
+    const long long row = p.margin + (long long)(line0 - 1 + r / St::kCols) * p.w2 + (col0 - 1 + r % St::kCols);
+    const bool valid = row >= 0 && row < p.rows;
+    cp_async16(smem + St::kInput + swizzled<T, St::kInputRow>(r, seg), x + (valid ? row : 0) * row_bytes + seg * 16,
+               valid);
+  }
+}
+
+// One warp's products for one staged tile: its line's S pixels, all nine taps, KM m16 tiles of output channels x
+// two n8 tiles of input channels (and the bias's products, with `with_bias`).
+template <typename T, int NT, int S>
+__device__ __forceinline__ void accumulate(uint32_t grad, uint32_t input, int warp, int lane, bool with_bias,
+                                           float (&acc)[9][NT / 16][2][4], float (&bias)[NT / 16][4]) {
+  using St = Stage<T, NT, S>;
+  constexpr int kM = NT / 16;
+  if constexpr (sizeof(T) == 2) {  // m16n8k16: 16 pixels a step, fragments by ldmatrix (transposed)
+#pragma unroll
+    for (int k = 0; k < S; k += 16) {
+      uint32_t a[kM][4];
+#pragma unroll
+      for (int m = 0; m < kM; ++m)
+        ldmatrix_x4_trans(grad + swizzled<T, St::kGradRow>(warp * S + k + ((lane >> 4) << 3) + (lane & 7),
+                                                           2 * m + ((lane >> 3) & 1)),
+                          a[m]);
+      if (with_bias)
+#pragma unroll
+        for (int m = 0; m < kM; ++m) mma<T>(bias[m], a[m], kOnesBf16, kOnesBf16);
+#pragma unroll
+      for (int tap = 0; tap < 9; ++tap) {
+        const int dy = tap / 3, dx = tap % 3;
+        uint32_t b[4];
+        ldmatrix_x4_trans(
+            input + swizzled<T, St::kInputRow>((warp + dy) * St::kCols + k + dx + ((lane >> 3) & 1) * 8 + (lane & 7),
+                                               lane >> 4),
+            b);
+#pragma unroll
+        for (int m = 0; m < kM; ++m)
+#pragma unroll
+          for (int n = 0; n < 2; ++n) mma<T>(acc[tap][m][n], a[m], b[2 * n], b[2 * n + 1]);
+      }
+    }
+  } else {  // m16n8k8 TF32: 8 pixels a step, fragments by 32-bit loads, rounded to TF32
+    const int group = lane >> 2, tid = lane & 3;
+#pragma unroll
+    for (int k = 0; k < S; k += 8) {
+      uint32_t a[kM][4];
+      const int r = warp * S + k + tid;
+#pragma unroll
+      for (int m = 0; m < kM; ++m) {
+        a[m][0] = lds_tf32(grad + element<St::kGradRow>(r, 16 * m + group));
+        a[m][1] = lds_tf32(grad + element<St::kGradRow>(r, 16 * m + group + 8));
+        a[m][2] = lds_tf32(grad + element<St::kGradRow>(r + 4, 16 * m + group));
+        a[m][3] = lds_tf32(grad + element<St::kGradRow>(r + 4, 16 * m + group + 8));
+      }
+      if (with_bias)
+#pragma unroll
+        for (int m = 0; m < kM; ++m) mma<T>(bias[m], a[m], kOneTf32, kOneTf32);
+#pragma unroll
+      for (int tap = 0; tap < 9; ++tap) {
+        const int xr = (warp + tap / 3) * St::kCols + k + tap % 3 + tid;
+#pragma unroll
+        for (int n = 0; n < 2; ++n) {
+          const uint32_t b0 = lds_tf32(input + element<St::kInputRow>(xr, 8 * n + group));
+          const uint32_t b1 = lds_tf32(input + element<St::kInputRow>(xr + 4, 8 * n + group));
+#pragma unroll
+          for (int m = 0; m < kM; ++m) mma<T>(acc[tap][m][n], a[m], b0, b1);
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+constexpr int kStagesOf = sizeof(T) == 2 ? 3 : 2;  // two float32 stages keep two blocks an SM
+
+template <typename T, int NT, int S>
+constexpr int shared_bytes() {
+  constexpr int staged = kStagesOf<T> * Stage<T, NT, S>::kBytes;
+  constexpr int sums = kLines * (9 * NT / 16 * 2 * 4 + NT / 16 * 4) * 32 * 4;  // every warp's sums, at the end
+  return staged > sums ? staged : sums;
+}
+
+template <typename T, int NT, int S>
+__global__ void __launch_bounds__(128, 2) dense_weight_grad_kernel(const __grid_constant__ Params p) {
+  using St = Stage<T, NT, S>;
+  constexpr int kStages = kStagesOf<T>, kM = NT / 16;
+  extern __shared__ __align__(128) char smem_raw[];
+  const uint32_t smem = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int chunk = blockIdx.y, n0 = blockIdx.z * NT;
+  const int first = (int)((long long)blockIdx.x * p.tiles / p.groups);
+  const int steps = (int)((long long)(blockIdx.x + 1) * p.tiles / p.groups) - first;
+
+  for (int s = 0; s < kStages - 1; ++s) {
+    if (s < steps) load_stage<T, NT, S>(p, chunk, n0, first + s, smem + s * St::kBytes);
+    cp_async_commit();
+  }
+  float acc[9][kM][2][4], bias[kM][4];
+#pragma unroll
+  for (int tap = 0; tap < 9; ++tap)
+#pragma unroll
+    for (int m = 0; m < kM; ++m)
+#pragma unroll
+      for (int q = 0; q < 8; ++q) acc[tap][m][q / 4][q % 4] = 0.f;
+#pragma unroll
+  for (int m = 0; m < kM; ++m)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) bias[m][q] = 0.f;
+
+  for (int s = 0; s < steps; ++s) {
+    cp_async_wait<kStages - 2>();
+    __syncthreads();
+    if (s + kStages - 1 < steps)
+      load_stage<T, NT, S>(p, chunk, n0, first + s + kStages - 1, smem + ((s + kStages - 1) % kStages) * St::kBytes);
+    cp_async_commit();
+    const uint32_t grad = smem + (s % kStages) * St::kBytes;
+    accumulate<T, NT, S>(grad, grad + St::kInput, warp, lane, chunk == 0, acc, bias);
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // The four warps' sums through shared memory, [warp][sum][lane]; sum (tap, m, n, q) holds output channel
+  // n0 + 16 m + lane / 4 + 8 (q / 2) and input channel 8 n + 2 (lane % 4) + q % 2 of the chunk.
+  constexpr int kSums = 9 * kM * 8, kBiasSums = kM * 4;
+  float* sums = reinterpret_cast<float*>(smem_raw);
+  float* bias_sums = sums + kLines * kSums * 32;
+#pragma unroll
+  for (int tap = 0; tap < 9; ++tap)
+#pragma unroll
+    for (int m = 0; m < kM; ++m)
+#pragma unroll
+      for (int q = 0; q < 8; ++q) sums[(warp * kSums + (tap * kM + m) * 8 + q) * 32 + lane] = acc[tap][m][q / 4][q % 4];
+#pragma unroll
+  for (int m = 0; m < kM; ++m)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) bias_sums[(warp * kBiasSums + m * 4 + q) * 32 + lane] = bias[m][q];
+  __syncthreads();
+
+  float* out = p.out + (long long)blockIdx.x * 9 * p.total * p.cout;
+  for (int e = threadIdx.x; e < kSums * 32; e += blockDim.x) {
+    float v = 0.f;
+#pragma unroll
+    for (int w = 0; w < kLines; ++w) v += sums[w * kSums * 32 + e];
+    const int sum = e >> 5, l = e & 31, q = sum & 7, m = (sum >> 3) % kM, tap = (sum >> 3) / kM;
+    const int n = q >> 2, cout = n0 + 16 * m + (l >> 2) + 8 * ((q & 3) >> 1);
+    const int channel = chunk * kChunk + 8 * n + 2 * (l & 3) + (q & 1);
+    out[((long long)tap * p.total + channel) * p.cout + cout] = v;
+  }
+  if (chunk != 0) return;
+  for (int e = threadIdx.x; e < 9 * NT; e += blockDim.x) {  // the bias row of every tap: the sums at the centre tap
+    const int tap = e / NT, j = e % NT;
+    float v = 0.f;
+    if (tap == 4) {  // output channel j: m = j / 16, row (j % 8) of its fragment (lane 4 (j % 8)), q = 2 ((j / 8) % 2)
+      const int idx = (j / 16) * 4 + 2 * ((j >> 3) & 1), l = 4 * (j & 7);
+#pragma unroll
+      for (int w = 0; w < kLines; ++w) v += bias_sums[(w * kBiasSums + idx) * 32 + l];
+    }
+    out[((long long)tap * p.total + p.total - 1) * p.cout + n0 + j] = v;
+  }
+}
+
+template <typename T, int NT, int S>
+cudaError_t launch(const Params& p, cudaStream_t stream) {
+  constexpr auto kernel = dense_weight_grad_kernel<T, NT, S>;
+  constexpr int smem = shared_bytes<T, NT, S>();
+  cudaError_t err = allow_shared_memory<kernel>(smem);
+  if (err != cudaSuccess) return err;
+  const int chunks = (p.total - 1) / kChunk;
+  kernel<<<dim3(p.groups, chunks, p.cout / NT), 128, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+// Pixels a tile line: of 80, 64 and 48, the one that wastes the fewest columns of a row width w2.
+int tile_width(int w2) {
+  int best = 80, waste = 1 << 30;
+  for (int s : {80, 64, 48}) {
+    int w = (w2 + s - 1) / s * s - w2;
+    if (w < waste) best = s, waste = w;
+  }
+  return best;
+}
+
+template <typename T, int NT>
+cudaError_t launch_width(const Params& p, int s, cudaStream_t stream) {
+  switch (s) {
+    case 48: return launch<T, NT, 48>(p, stream);
+    case 64: return launch<T, NT, 64>(p, stream);
+    default: return launch<T, NT, 80>(p, stream);
+  }
+}
+
+ffi::Error DenseWeightGradImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Result<ffi::AnyBuffer> out, int64_t n,
+                               int64_t h, int64_t w, int64_t margin) {
+  const int n_inputs = (int)args.size() - 1;  // the inputs, then the gradient
+  if (n_inputs < 1 || n_inputs > kMaxInputs) return ffi::Error::InvalidArgument("dense_weight_grad: 1 to 8 inputs");
+  auto g = args.get<ffi::AnyBuffer>(n_inputs);
+  if (g.has_error()) return g.error();
+  const auto dtype = g->element_type();
+  if (dtype != ffi::DataType::BF16 && dtype != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("dense_weight_grad: bfloat16 or float32 only");
+  if (out->element_type() != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("dense_weight_grad: float32 sums");
+  const int elem = dtype == ffi::DataType::BF16 ? 2 : 4;
+  Params p{};
+  p.g = static_cast<const char*>(g->untyped_data());
+  p.rows = g->dimensions()[0];
+  p.cout = (int)g->dimensions()[1];
+  if (p.cout % 16 != 0) return ffi::Error::InvalidArgument("dense_weight_grad: output channels: a multiple of 16");
+  int chunks = 0;
+  for (int i = 0; i < n_inputs; ++i) {
+    auto x = args.get<ffi::AnyBuffer>(i);
+    if (x.has_error()) return x.error();
+    if (x->element_type() != dtype) return ffi::Error::InvalidArgument("dense_weight_grad: one dtype for all");
+    p.x[i] = static_cast<const char*>(x->untyped_data());
+    p.c[i] = (int)x->dimensions()[1];
+    if (p.c[i] % kChunk != 0) return ffi::Error::InvalidArgument("dense_weight_grad: channels: a multiple of 16");
+    for (int j = 0; j < p.c[i]; j += kChunk, ++chunks) {
+      if (chunks == kMaxChunks) return ffi::Error::InvalidArgument("dense_weight_grad: at most 1024 channels");
+      p.chunk_input[chunks] = i;
+      p.chunk_channel[chunks] = j;
+    }
+  }
+  p.total = chunks * kChunk + 1;
+  auto dims = out->dimensions();
+  if (dims.size() != 4 || dims[1] != 9 || dims[2] != p.total || dims[3] != p.cout)
+    return ffi::Error::InvalidArgument("dense_weight_grad: the output is (groups, 9, channels + 1, cout)");
+  p.groups = (int)dims[0];
+  p.out = static_cast<float*>(out->untyped_data());
+  p.margin = margin;
+  p.w2 = (int)w + 2;
+  p.lines = (int)n * ((int)h + 2);
+  const int s = tile_width(p.w2);
+  p.col_tiles = (p.w2 + s - 1) / s;
+  p.tiles = (p.lines + kLines - 1) / kLines * p.col_tiles;
+  cudaError_t err;
+  if (elem == 2)
+    err = p.cout % 32 == 0 ? launch_width<__nv_bfloat16, 32>(p, s, stream)
+                           : launch_width<__nv_bfloat16, 16>(p, s, stream);
+  else
+    err = launch_width<float, 16>(p, s, stream);  // 16 output channels a block: two blocks an SM
+  if (err != cudaSuccess) return ffi::Error::Internal(cudaGetErrorString(err));
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IrrmDenseWeightGrad, DenseWeightGradImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .RemainingArgs()
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("n")
+                                  .Attr<int64_t>("h")
+                                  .Attr<int64_t>("w")
+                                  .Attr<int64_t>("margin"),
+                              {ffi::Traits::kCmdBufferCompatible});
