@@ -217,16 +217,9 @@ cudaError_t launch_epilogue(const Params& p, int epilogue, cudaStream_t stream) 
   }
 }
 
-// The line width in m16 tiles: of 4, 3 and 5, the one that wastes the fewest columns of a row width w2 (the first
-// on ties). Narrower blocks were slower in every layer measured (benchmarks/NOTES.md).
-int tiles_a_line(int w2) {
-  int best = 4, waste = 1 << 30;
-  for (int mt : {4, 3, 5}) {
-    int seg = mt * 16, w = (w2 + seg - 1) / seg * seg - w2;
-    if (w < waste) best = mt, waste = w;
-  }
-  return best;
-}
+// The line width in m16 tiles: of 4, 3 and 5, the least wasteful for a row width w2 (4 on ties). Narrower blocks
+// were slower in every layer measured (benchmarks/NOTES.md).
+int tiles_a_line(int w2) { return least_waste(w2, {64, 48, 80}) / 16; }
 
 template <typename T, int NT>
 cudaError_t launch_width(const Params& p, int mt, int epilogue, cudaStream_t stream) {

@@ -4,6 +4,7 @@
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <cstdint>
+#include <initializer_list>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -49,13 +50,19 @@ __device__ __forceinline__ void mma<float>(float (&d)[4], const uint32_t (&a)[4]
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// float32 operands are rounded to TF32 (to nearest, as cuBLAS and Triton do; the tensor cores alone would truncate,
-// a bias that sums of many products, such as the bias gradients, would keep).
+// A float32 operand rounded to TF32 (to nearest, as cuBLAS and Triton do; the tensor cores alone would truncate, a
+// bias that sums of many products, such as the bias gradients, would keep).
+__device__ __forceinline__ uint32_t tf32(uint32_t r) {
+  asm("cvt.rna.tf32.f32 %0, %0;\n" : "+r"(r));
+  return r;
+}
+
+// A fragment's operands rounded to TF32 where they are float32.
 template <typename T>
 __device__ __forceinline__ void round_operands(uint32_t (&r)[4]) {
   if constexpr (sizeof(T) == 4) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) asm("cvt.rna.tf32.f32 %0, %0;\n" : "+r"(r[i]));
+    for (int i = 0; i < 4; ++i) r[i] = tf32(r[i]);
   }
 }
 
@@ -79,8 +86,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t (&r)[4
 __device__ __forceinline__ uint32_t lds_tf32(uint32_t addr) {
   uint32_t r;
   asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(r) : "r"(addr));
-  asm("cvt.rna.tf32.f32 %0, %0;\n" : "+r"(r));
-  return r;
+  return tf32(r);
 }
 
 // Raises a kernel's dynamic shared-memory limit on the current device, once a kernel and device.
@@ -93,6 +99,16 @@ cudaError_t allow_shared_memory(int bytes) {
   err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes);
   if (err == cudaSuccess && device < 64) done[device] = true;
   return err;
+}
+
+// Of the candidate tile widths (pixels), the one that wastes the fewest columns of a row width w2 (the first on ties).
+inline int least_waste(int w2, std::initializer_list<int> widths) {
+  int best = *widths.begin(), waste = 1 << 30;
+  for (int s : widths) {
+    const int w = (w2 + s - 1) / s * s - w2;
+    if (w < waste) best = s, waste = w;
+  }
+  return best;
 }
 
 }  // namespace dense_cuda

@@ -248,15 +248,6 @@ cudaError_t launch(const Params& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// Pixels a tile line: of 80, 64 and 48, the one that wastes the fewest columns of a row width w2.
-int tile_width(int w2) {
-  int best = 80, waste = 1 << 30;
-  for (int s : {80, 64, 48}) {
-    int w = (w2 + s - 1) / s * s - w2;
-    if (w < waste) best = s, waste = w;
-  }
-  return best;
-}
 
 template <typename T, int NT>
 cudaError_t launch_width(const Params& p, int s, cudaStream_t stream) {
@@ -307,7 +298,7 @@ ffi::Error DenseWeightGradImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi
   p.margin = margin;
   p.w2 = (int)w + 2;
   p.lines = (int)n * ((int)h + 2);
-  const int s = tile_width(p.w2);
+  const int s = least_waste(p.w2, {80, 64, 48});  // pixels a tile line
   p.col_tiles = (p.w2 + s - 1) / s;
   p.tiles = (p.lines + kLines - 1) / kLines * p.col_tiles;
   cudaError_t err;

@@ -63,8 +63,8 @@ def add_dense_pallas_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dense-cuda",
         action="store_true",
-        help="--dense-pallas with the 3x3 convolutions from a CUDA kernel (same results; NVIDIA H100/H200, built "
-        "with nvcc on first use; the fastest for large images)",
+        help="--dense-pallas with the DenseBlocks' kernels in CUDA (same results; NVIDIA H100/H200, built with nvcc "
+        "on first use; the fastest for large images)",
     )
 
 

@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     images = _load_images(args.images, config.scale, args.max_size) if args.images else None
     results = verify(config, params, images, args.seed, args.size, args.batch, args.dense_pallas, args.dense_cuda)
     source = f"{len(images)} images from {args.images}" if images else f"{args.batch} random images"
-    blocks = ", CUDA convolutions in Pallas DenseBlocks" if args.dense_cuda else ", Pallas DenseBlocks"
+    blocks = ", CUDA DenseBlock kernels" if args.dense_cuda else ", Pallas DenseBlocks"
     print(f"{name} x{config.scale}, {weights}, {source}" + (blocks if args.dense_pallas or args.dense_cuda else ""))
     print("| precision | max abs error | mean abs error | tolerance |\n|---|---|---|---|")
     tolerances = dict(zip(PRECISIONS, (args.tolerance, args.default_tolerance, FLOAT64_TOLERANCE), strict=True))
