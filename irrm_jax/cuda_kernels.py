@@ -12,6 +12,12 @@ The kernels are compiled on first use with ``nvcc`` (CUDA 12 or newer: on ``PATH
 on NVIDIA GPUs of compute capability 9.0 (H100, H200); elsewhere use ``dense_pallas`` alone. Under
 ``jax.default_matmul_precision("highest")`` (or "float32") float32 work goes to the Pallas kernels, which compute
 full float32 products (as `irrm_jax.verify`'s float32 check asks).
+
+TF32 operands. The tensor cores read a float32 operand's top 19 bits (truncation), so the kernels take float32
+operands that are TF32 values already: `tf32_operand` rounds the DenseBlock's input, kernels and output gradient
+once a block (fused by XLA into the copies that make them), and the epilogues that write the feature maps and
+their gradients (``bias_leaky``, ``leaky_grad``: read by these kernels only) round what they store. The results are
+those of rounding every operand where it is used, without rounding each element again at every tap.
 """
 
 import ctypes
@@ -116,6 +122,22 @@ def _check(dtype) -> bool:
     return True
 
 
+def round_to_tf32(a: jax.Array) -> jax.Array:
+    """float32 values rounded to TF32's 10 mantissa bits: to nearest, ties away from zero (the GPU's
+    ``cvt.rna.tf32.f32``); infinities and NaNs unchanged."""
+    bits = jax.lax.bitcast_convert_type(a, jnp.uint32)
+    rounded = jax.lax.bitcast_convert_type((bits + np.uint32(0x1000)) & np.uint32(0xFFFFE000), jnp.float32)
+    return jnp.where(jnp.isfinite(a), rounded, a)
+
+
+def tf32_operand(a: jax.Array) -> jax.Array:
+    """An operand as the kernels take it: float32 rounded to TF32 unless full float32 is asked for (then the Pallas
+    kernels compute, from the values as they are); bfloat16 unchanged."""
+    if a.dtype == jnp.float32 and jax.config.jax_default_matmul_precision not in FULL_FLOAT32:
+        return round_to_tf32(a)
+    return a
+
+
 def _layout_attributes(layout: FlatLayout) -> dict:
     return dict(n=np.int64(layout.n), h=np.int64(layout.h), w=np.int64(layout.w), margin=np.int64(layout.margin_rows))
 
@@ -127,7 +149,8 @@ def conv(
     epilogue: str,
     extra: jax.Array | None = None,
 ) -> jax.Array:
-    """`dense_kernels.conv`, computed by the CUDA kernel (see there for the arguments).
+    """`dense_kernels.conv`, computed by the CUDA kernel (see there for the arguments). float32 inputs and kernels
+    must be TF32 values (`tf32_operand`); the ``bias_leaky`` and ``leaky_grad`` epilogues store TF32 values.
 
     Raises:
       ValueError: not on a GPU backend, or a dtype other than bfloat16 and float32.
@@ -149,7 +172,8 @@ def conv(
 def weight_grad(
     inputs: Sequence[jax.Array], grad: jax.Array, layout: FlatLayout
 ) -> tuple[tuple[jax.Array, ...], jax.Array]:
-    """`dense_kernels.weight_grad`, computed by the CUDA kernel (same arguments and results; errors as `conv`).
+    """`dense_kernels.weight_grad`, computed by the CUDA kernel (same arguments and results; errors as `conv`). float32
+    inputs and gradient must be TF32 values (`tf32_operand`).
 
     A block sums one 16-channel chunk's products over a group of rows; XLA adds the groups' partials.
     """
@@ -164,4 +188,4 @@ def weight_grad(
     return dense_kernels.split_weight_grads(partials, channels)
 
 
-CUDA = dense_kernels.Ops(conv, weight_grad)
+CUDA = dense_kernels.Ops(conv, weight_grad, tf32_operand)

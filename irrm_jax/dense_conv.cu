@@ -6,6 +6,8 @@
 // pixels) and the nine taps' weights for them in shared memory, and takes all nine taps' matrix products from there
 // (ldmatrix at shifted rows, mma.sync with bf16 or tf32 operands, float32 sums): each input element is read from L2
 // about 1.5 times, against 9 times in the Pallas kernel, whose tap loads bound it (benchmarks/NOTES.md).
+// float32 operands must be TF32 values (dense_cuda.cuh); the epilogues that write feature maps or their gradients
+// round their float32 outputs to TF32 (only these kernels read them).
 #include "dense_cuda.cuh"
 
 namespace {
@@ -145,7 +147,6 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
       for (int j = 0; j < NT / 16; ++j) {
         uint32_t r[4];
         ldmatrix_x4(wts + swizzled(tap * NT + j * 16 + b_row, b_half), r);
-        round_operands<T>(r);
         b[2 * j][0] = r[0];
         b[2 * j][1] = r[1];
         b[2 * j + 1][0] = r[2];
@@ -155,7 +156,6 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
       for (int m = 0; m < MT; ++m) {
         uint32_t a[4];
         ldmatrix_x4(tile + swizzled((warp + dy) * kTileCols + m * 16 + a_row + dx, a_half), a);
-        round_operands<T>(a);
 #pragma unroll
         for (int j = 0; j < NT / 8; ++j) mma<T>(acc[m][j], a, b[j][0], b[j][1]);
       }
@@ -188,6 +188,7 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
           if (EPI == kBias || EPI == kBiasLeaky) v[e] += to_float(extra[n + e]);
           if (EPI == kBiasLeaky) v[e] = v[e] >= 0.f ? v[e] : kSlope * v[e];
           if (EPI == kLeakyGrad) v[e] = to_float(extra[row * p.cout + n + e]) >= 0.f ? v[e] : kSlope * v[e];
+          if (sizeof(T) == 4 && (EPI == kBiasLeaky || EPI == kLeakyGrad)) v[e] = to_tf32(v[e]);  // read by kernels only
           if (!inside) v[e] = 0.f;
         }
         store_pair(out + row * p.cout + n, v[0], v[1]);

@@ -50,20 +50,14 @@ __device__ __forceinline__ void mma<float>(float (&d)[4], const uint32_t (&a)[4]
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// A float32 operand rounded to TF32 (to nearest, as cuBLAS and Triton do; the tensor cores alone would truncate, a
-// bias that sums of many products, such as the bias gradients, would keep).
-__device__ __forceinline__ uint32_t tf32(uint32_t r) {
+// float32 operands reach the tensor cores as TF32 by truncation (the low 13 bits ignored), so they must already be
+// TF32 values: rounded to nearest by the caller (`cuda_kernels.tf32_operand`) or by the epilogue that wrote them
+// (`to_tf32`). Rounding there, once per element, costs far less than once per fragment load, and truncation's
+// one-signed errors would add up over long sums such as the bias gradients'.
+__device__ __forceinline__ float to_tf32(float v) {
+  uint32_t r = __float_as_uint(v);
   asm("cvt.rna.tf32.f32 %0, %0;\n" : "+r"(r));
-  return r;
-}
-
-// A fragment's operands rounded to TF32 where they are float32.
-template <typename T>
-__device__ __forceinline__ void round_operands(uint32_t (&r)[4]) {
-  if constexpr (sizeof(T) == 4) {
-#pragma unroll
-    for (int i = 0; i < 4; ++i) r[i] = tf32(r[i]);
-  }
+  return __uint_as_float(r);
 }
 
 __device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
@@ -82,11 +76,11 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t (&r)[4
                : "r"(addr));
 }
 
-// float32 loaded from shared memory as a TF32 operand (rounded to nearest).
-__device__ __forceinline__ uint32_t lds_tf32(uint32_t addr) {
+// 32 bits from shared memory (a TF32 operand).
+__device__ __forceinline__ uint32_t lds32(uint32_t addr) {
   uint32_t r;
   asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(r) : "r"(addr));
-  return tf32(r);
+  return r;
 }
 
 // Raises a kernel's dynamic shared-memory limit on the current device, once a kernel and device.

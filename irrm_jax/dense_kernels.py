@@ -272,12 +272,18 @@ def split_weight_grads(partials: jax.Array, channels: Sequence[int]) -> tuple[tu
     return tuple(summed[:, a : a + c] for a, c in zip(starts, channels, strict=True)), summed[4, -1]
 
 
+def _unchanged(a: jax.Array) -> jax.Array:
+    return a
+
+
 class Ops(NamedTuple):
     """The two kernels a DenseBlock is computed with, forward and backward: `conv` and `weight_grad` here (Pallas),
-    or the CUDA ones of `irrm_jax.cuda_kernels` (same arguments and results)."""
+    or the CUDA ones of `irrm_jax.cuda_kernels` (same arguments and results); ``operand`` prepares the block's input,
+    kernels and output gradient for them, once a block (the CUDA kernels take float32 operands as TF32 values)."""
 
     conv: Callable
     weight_grad: Callable
+    operand: Callable = _unchanged
 
 
 PALLAS = Ops(conv, weight_grad)
@@ -297,15 +303,21 @@ def _forward(layout, ops, x, kernels, biases):
     return feats
 
 
+def _operands(ops, x, kernels):
+    return ops.operand(x), jax.tree.map(ops.operand, kernels)
+
+
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def dense_block_flat(layout: FlatLayout, ops: Ops, x: jax.Array, kernels: tuple, biases: tuple) -> jax.Array:
     """The DenseBlock on a flat input: layer k (0-based) convolves [x, x1, ..., xk] with kernels[k] (one
     (9, c, cout) per input) and adds biases[k]; layers before the last apply LeakyReLU(0.2). Forward and backward
     are computed by ``ops`` (`PALLAS` or `irrm_jax.cuda_kernels.CUDA`)."""
+    x, kernels = _operands(ops, x, kernels)
     return _forward(layout, ops, x, kernels, biases)[-1]
 
 
 def _dense_block_fwd(layout, ops, x, kernels, biases):
+    x, kernels = _operands(ops, x, kernels)
     feats = _forward(layout, ops, x, kernels, biases)
     return feats[-1], (feats[:-1], kernels)
 
@@ -315,7 +327,7 @@ def _dense_block_bwd(layout, ops, residuals, g):
     layers = len(kernels)
     keep = interior(layout, jnp.arange(layout.rows, dtype=jnp.int32))[:, None]
     dz = [None] * layers  # gradients of each layer's pre-activation
-    dz[-1] = jnp.where(keep, g, 0).astype(g.dtype)
+    dz[-1] = ops.operand(jnp.where(keep, g, 0).astype(g.dtype))
     for j in range(layers - 1, 0, -1):  # feats[j] is layer j-1's output, read by layers j..end
         later = range(j, layers)
         dz[j - 1] = ops.conv(

@@ -117,7 +117,7 @@ __device__ __forceinline__ void accumulate(uint32_t grad, uint32_t input, int wa
           for (int n = 0; n < 2; ++n) mma<T>(acc[tap][m][n], a[m], b[2 * n], b[2 * n + 1]);
       }
     }
-  } else {  // m16n8k8 TF32: 8 pixels a step, fragments by 32-bit loads, rounded to TF32
+  } else {  // m16n8k8 TF32: 8 pixels a step, fragments by 32-bit loads (TF32 values already)
     const int group = lane >> 2, tid = lane & 3;
 #pragma unroll
     for (int k = 0; k < S; k += 8) {
@@ -125,10 +125,10 @@ __device__ __forceinline__ void accumulate(uint32_t grad, uint32_t input, int wa
       const int r = warp * S + k + tid;
 #pragma unroll
       for (int m = 0; m < kM; ++m) {
-        a[m][0] = lds_tf32(grad + element<St::kGradRow>(r, 16 * m + group));
-        a[m][1] = lds_tf32(grad + element<St::kGradRow>(r, 16 * m + group + 8));
-        a[m][2] = lds_tf32(grad + element<St::kGradRow>(r + 4, 16 * m + group));
-        a[m][3] = lds_tf32(grad + element<St::kGradRow>(r + 4, 16 * m + group + 8));
+        a[m][0] = lds32(grad + element<St::kGradRow>(r, 16 * m + group));
+        a[m][1] = lds32(grad + element<St::kGradRow>(r, 16 * m + group + 8));
+        a[m][2] = lds32(grad + element<St::kGradRow>(r + 4, 16 * m + group));
+        a[m][3] = lds32(grad + element<St::kGradRow>(r + 4, 16 * m + group + 8));
       }
       if (with_bias)
 #pragma unroll
@@ -138,8 +138,8 @@ __device__ __forceinline__ void accumulate(uint32_t grad, uint32_t input, int wa
         const int xr = (warp + tap / 3) * St::kCols + k + tap % 3 + tid;
 #pragma unroll
         for (int n = 0; n < 2; ++n) {
-          const uint32_t b0 = lds_tf32(input + element<St::kInputRow>(xr, 8 * n + group));
-          const uint32_t b1 = lds_tf32(input + element<St::kInputRow>(xr + 4, 8 * n + group));
+          const uint32_t b0 = lds32(input + element<St::kInputRow>(xr, 8 * n + group));
+          const uint32_t b1 = lds32(input + element<St::kInputRow>(xr + 4, 8 * n + group));
 #pragma unroll
           for (int m = 0; m < kM; ++m) mma<T>(acc[tap][m][n], a[m], b0, b1);
         }
