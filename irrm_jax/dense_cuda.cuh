@@ -76,11 +76,9 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t (&r)[4
                : "r"(addr));
 }
 
-// 32 bits from shared memory (a TF32 operand).
-__device__ __forceinline__ uint32_t lds32(uint32_t addr) {
-  uint32_t r;
-  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(r) : "r"(addr));
-  return r;
+// Two adjacent 32-bit words from shared memory (two TF32 operands).
+__device__ __forceinline__ void lds64(uint32_t addr, uint32_t& a, uint32_t& b) {
+  asm volatile("ld.shared.v2.b32 {%0,%1}, [%2];\n" : "=r"(a), "=r"(b) : "r"(addr));
 }
 
 // Raises a kernel's dynamic shared-memory limit on the current device, once a kernel and device.

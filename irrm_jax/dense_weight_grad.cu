@@ -84,6 +84,23 @@ __device__ __forceinline__ void load_stage(const Params& p, int chunk, int n0, i
   }
 }
 
+// The products' fragment order. bfloat16: row R of an m16 tile is output channel R, column C of n8 tile n input
+// channel 8 n + C. float32 (TF32): rows R and R + 8 are output channels 2 R and 2 R + 1, and column C of tile n is
+// channel 2 C + n, so that a thread's two rows, or its columns of the two tiles, are adjacent channels in shared
+// memory (one 64-bit load for two operands).
+template <typename T>
+__device__ __forceinline__ int cout_of_row(int row) {
+  return sizeof(T) == 2 ? row : 2 * (row & 7) + (row >> 3);
+}
+template <typename T>
+__device__ __forceinline__ int row_of_cout(int cout) {
+  return sizeof(T) == 2 ? cout : (cout >> 1) + 8 * (cout & 1);
+}
+template <typename T>
+__device__ __forceinline__ int channel_of_column(int n, int column) {
+  return sizeof(T) == 2 ? 8 * n + column : 2 * column + n;
+}
+
 // One warp's products for one staged tile: its line's S pixels, all nine taps, KM m16 tiles of output channels x
 // two n8 tiles of input channels (and the bias's products, with `with_bias`).
 template <typename T, int NT, int S>
@@ -117,18 +134,16 @@ __device__ __forceinline__ void accumulate(uint32_t grad, uint32_t input, int wa
           for (int n = 0; n < 2; ++n) mma<T>(acc[tap][m][n], a[m], b[2 * n], b[2 * n + 1]);
       }
     }
-  } else {  // m16n8k8 TF32: 8 pixels a step, fragments by 32-bit loads (TF32 values already)
+  } else {  // m16n8k8 TF32: 8 pixels a step, fragments by 64-bit loads of channel pairs (TF32 values already)
     const int group = lane >> 2, tid = lane & 3;
 #pragma unroll
     for (int k = 0; k < S; k += 8) {
       uint32_t a[kM][4];
       const int r = warp * S + k + tid;
 #pragma unroll
-      for (int m = 0; m < kM; ++m) {
-        a[m][0] = lds32(grad + element<St::kGradRow>(r, 16 * m + group));
-        a[m][1] = lds32(grad + element<St::kGradRow>(r, 16 * m + group + 8));
-        a[m][2] = lds32(grad + element<St::kGradRow>(r + 4, 16 * m + group));
-        a[m][3] = lds32(grad + element<St::kGradRow>(r + 4, 16 * m + group + 8));
+      for (int m = 0; m < kM; ++m) {  // rows group and group + 8: output channels 2 group and 2 group + 1
+        lds64(grad + element<St::kGradRow>(r, 16 * m + 2 * group), a[m][0], a[m][1]);
+        lds64(grad + element<St::kGradRow>(r + 4, 16 * m + 2 * group), a[m][2], a[m][3]);
       }
       if (with_bias)
 #pragma unroll
@@ -136,13 +151,13 @@ __device__ __forceinline__ void accumulate(uint32_t grad, uint32_t input, int wa
 #pragma unroll
       for (int tap = 0; tap < 9; ++tap) {
         const int xr = (warp + tap / 3) * St::kCols + k + tap % 3 + tid;
+        uint32_t b0[2], b1[2];  // column group of tiles 0 and 1: channels 2 group and 2 group + 1
+        lds64(input + element<St::kInputRow>(xr, 2 * group), b0[0], b0[1]);
+        lds64(input + element<St::kInputRow>(xr + 4, 2 * group), b1[0], b1[1]);
 #pragma unroll
-        for (int n = 0; n < 2; ++n) {
-          const uint32_t b0 = lds32(input + element<St::kInputRow>(xr, 8 * n + group));
-          const uint32_t b1 = lds32(input + element<St::kInputRow>(xr + 4, 8 * n + group));
+        for (int m = 0; m < kM; ++m)
 #pragma unroll
-          for (int m = 0; m < kM; ++m) mma<T>(acc[tap][m][n], a[m], b0, b1);
-        }
+          for (int n = 0; n < 2; ++n) mma<T>(acc[tap][m][n], a[m], b0[n], b1[n]);
       }
     }
   }
@@ -197,8 +212,8 @@ __global__ void __launch_bounds__(128, 2) dense_weight_grad_kernel(const __grid_
   cp_async_wait<0>();
   __syncthreads();
 
-  // The four warps' sums through shared memory, [warp][sum][lane]; sum (tap, m, n, q) holds output channel
-  // n0 + 16 m + lane / 4 + 8 (q / 2) and input channel 8 n + 2 (lane % 4) + q % 2 of the chunk.
+  // The four warps' sums through shared memory, [warp][sum][lane]; sum (tap, m, n, q) holds fragment row lane / 4 +
+  // 8 (q / 2) of m16 tile m and column 2 (lane % 4) + q % 2 of n8 tile n.
   constexpr int kSums = 9 * kM * 8, kBiasSums = kM * 4;
   float* sums = reinterpret_cast<float*>(smem_raw);
   float* bias_sums = sums + kLines * kSums * 32;
@@ -220,16 +235,16 @@ __global__ void __launch_bounds__(128, 2) dense_weight_grad_kernel(const __grid_
 #pragma unroll
     for (int w = 0; w < kLines; ++w) v += sums[w * kSums * 32 + e];
     const int sum = e >> 5, l = e & 31, q = sum & 7, m = (sum >> 3) % kM, tap = (sum >> 3) / kM;
-    const int n = q >> 2, cout = n0 + 16 * m + (l >> 2) + 8 * ((q & 3) >> 1);
-    const int channel = chunk * kChunk + 8 * n + 2 * (l & 3) + (q & 1);
+    const int cout = n0 + 16 * m + cout_of_row<T>((l >> 2) + 8 * ((q & 3) >> 1));
+    const int channel = chunk * kChunk + channel_of_column<T>(q >> 2, 2 * (l & 3) + (q & 1));
     out[((long long)tap * p.total + channel) * p.cout + cout] = v;
   }
   if (chunk != 0) return;
   for (int e = threadIdx.x; e < 9 * NT; e += blockDim.x) {  // the bias row of every tap: the sums at the centre tap
     const int tap = e / NT, j = e % NT;
     float v = 0.f;
-    if (tap == 4) {  // output channel j: m = j / 16, row (j % 8) of its fragment (lane 4 (j % 8)), q = 2 ((j / 8) % 2)
-      const int idx = (j / 16) * 4 + 2 * ((j >> 3) & 1), l = 4 * (j & 7);
+    if (tap == 4) {  // output channel j: m = j / 16; its fragment row R: lane 4 (R % 8), q = 2 (R / 8)
+      const int row = row_of_cout<T>(j & 15), idx = (j / 16) * 4 + 2 * (row >> 3), l = 4 * (row & 7);
 #pragma unroll
       for (int w = 0; w < kLines; ++w) v += bias_sums[(w * kBiasSums + idx) * 32 + l];
     }
@@ -298,15 +313,17 @@ ffi::Error DenseWeightGradImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi
   p.margin = margin;
   p.w2 = (int)w + 2;
   p.lines = (int)n * ((int)h + 2);
-  const int s = least_waste(p.w2, {80, 64, 48});  // pixels a tile line
+  // Blocks of 32 output channels where there are 32; float32 ones in 48-pixel tiles (two 87 KB blocks an SM), which
+  // took the IRN x4 step less time than 16 channels a block or the least-waste widths (benchmarks/NOTES.md).
+  const bool nt32 = p.cout % 32 == 0;
+  const int s = elem == 4 && nt32 ? 48 : least_waste(p.w2, {80, 64, 48});  // pixels a tile line
   p.col_tiles = (p.w2 + s - 1) / s;
   p.tiles = (p.lines + kLines - 1) / kLines * p.col_tiles;
   cudaError_t err;
   if (elem == 2)
-    err = p.cout % 32 == 0 ? launch_width<__nv_bfloat16, 32>(p, s, stream)
-                           : launch_width<__nv_bfloat16, 16>(p, s, stream);
+    err = nt32 ? launch_width<__nv_bfloat16, 32>(p, s, stream) : launch_width<__nv_bfloat16, 16>(p, s, stream);
   else
-    err = launch_width<float, 16>(p, s, stream);  // 16 output channels a block: two blocks an SM
+    err = nt32 ? launch_width<float, 32>(p, s, stream) : launch_width<float, 16>(p, s, stream);
   if (err != cudaSuccess) return ffi::Error::Internal(cudaGetErrorString(err));
   return ffi::Error::Success();
 }
