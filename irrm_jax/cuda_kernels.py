@@ -109,6 +109,11 @@ def register() -> None:
         jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="CUDA")
 
 
+def _full_float32(dtype) -> bool:
+    """Whether float32 products at full precision are asked for (which the kernels' TF32 products would not give)."""
+    return dtype == jnp.float32 and jax.config.jax_default_matmul_precision in FULL_FLOAT32
+
+
 def _check(dtype) -> bool:
     """Whether the CUDA kernels compute for this dtype (False: full float32 asked for, use Pallas); raises where
     they cannot."""
@@ -116,7 +121,7 @@ def _check(dtype) -> bool:
         raise ValueError(f"dense_cuda runs on NVIDIA GPUs only (jax backend: {jax.default_backend()}).")
     if dtype not in (jnp.bfloat16, jnp.float32):
         raise ValueError(f"dense_cuda computes in bfloat16 or float32, not {dtype}.")
-    if dtype == jnp.float32 and jax.config.jax_default_matmul_precision in FULL_FLOAT32:
+    if _full_float32(dtype):
         return False
     register()
     return True
@@ -133,9 +138,7 @@ def round_to_tf32(a: jax.Array) -> jax.Array:
 def tf32_operand(a: jax.Array) -> jax.Array:
     """An operand as the kernels take it: float32 rounded to TF32 unless full float32 is asked for (then the Pallas
     kernels compute, from the values as they are); bfloat16 unchanged."""
-    if a.dtype == jnp.float32 and jax.config.jax_default_matmul_precision not in FULL_FLOAT32:
-        return round_to_tf32(a)
-    return a
+    return round_to_tf32(a) if a.dtype == jnp.float32 and not _full_float32(a.dtype) else a
 
 
 def _layout_attributes(layout: FlatLayout) -> dict:

@@ -34,8 +34,8 @@ struct Params {
 };
 
 // Byte offset of 16-byte segment `seg` of row `row` in a staged region of RB-byte rows, swizzled against bank
-// conflicts: bfloat16 tiles are read by ldmatrix (eight consecutive rows at one segment), float32 ones by 32-bit
-// loads (four consecutive rows x eight channels; the rows' 32-byte halves swap every two rows).
+// conflicts: bfloat16 tiles are read by ldmatrix (eight consecutive rows at one segment), float32 ones by 64-bit
+// loads (a half-warp reads four consecutive rows x eight channels; the rows' 32-byte halves swap every two rows).
 template <typename T, int RB>
 __device__ __forceinline__ uint32_t swizzled(int row, int seg) {
   const int key = sizeof(T) == 2 ? (row * RB / 128) % (RB / 16) : 2 * ((row >> 1) & 1);
@@ -315,15 +315,15 @@ ffi::Error DenseWeightGradImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi
   p.lines = (int)n * ((int)h + 2);
   // Blocks of 32 output channels where there are 32; float32 ones in 48-pixel tiles (two 87 KB blocks an SM), which
   // took the IRN x4 step less time than 16 channels a block or the least-waste widths (benchmarks/NOTES.md).
-  const bool nt32 = p.cout % 32 == 0;
-  const int s = elem == 4 && nt32 ? 48 : least_waste(p.w2, {80, 64, 48});  // pixels a tile line
+  const bool nt32 = p.cout % 32 == 0, float32_nt32 = elem == 4 && nt32;
+  const int s = float32_nt32 ? 48 : least_waste(p.w2, {80, 64, 48});  // pixels a tile line
   p.col_tiles = (p.w2 + s - 1) / s;
   p.tiles = (p.lines + kLines - 1) / kLines * p.col_tiles;
   cudaError_t err;
   if (elem == 2)
     err = nt32 ? launch_width<__nv_bfloat16, 32>(p, s, stream) : launch_width<__nv_bfloat16, 16>(p, s, stream);
   else
-    err = nt32 ? launch_width<float, 32>(p, s, stream) : launch_width<float, 16>(p, s, stream);
+    err = float32_nt32 ? launch<float, 32, 48>(p, stream) : launch_width<float, 16>(p, s, stream);
   if (err != cudaSuccess) return ffi::Error::Internal(cudaGetErrorString(err));
   return ffi::Error::Success();
 }
