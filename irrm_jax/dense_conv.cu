@@ -43,12 +43,6 @@ __host__ __device__ constexpr int stage_bytes() {
   return (kTileLines * (MT * 16 + 2) + 9 * NT) * kRowBytes;
 }
 
-// Byte offset of 16-byte half `half` of staged row `row`: the halves swap every four rows, so that the eight rows
-// an ldmatrix reads (any eight consecutive ones) fall in distinct banks.
-__device__ __forceinline__ uint32_t swizzled(int row, int half) {
-  return row * kRowBytes + ((half ^ ((row >> 2) & 1)) << 4);
-}
-
 // Stage `s`'s copies: KC channels (32 bytes) of one input, its tile and its nine taps' NT x KC weights.
 template <typename T, int NT, int MT>
 __device__ __forceinline__ void load_stage(const Params& p, int input, int chunk, uint32_t smem, int line0, int col0,
@@ -62,7 +56,7 @@ __device__ __forceinline__ void load_stage(const Params& p, int input, int chunk
     long long row = p.margin + (long long)(line0 - 1 + j) * p.w2 + (col0 - 1 + k);
     bool valid = row >= 0 && row < p.rows;
     const char* src = x + (valid ? row : 0) * c * (long long)sizeof(T) + half * 16;
-    cp_async16(smem + swizzled(pix, half), src, valid);
+    cp_async16(smem + ldmatrix_swizzled<kRowBytes>(pix, half), src, valid);
   }
   const char* w = p.w[input] + (size_t)chunk * 32;
   uint32_t wsmem = smem + kTileLines * kTileCols * kRowBytes;
@@ -70,7 +64,7 @@ __device__ __forceinline__ void load_stage(const Params& p, int input, int chunk
     int r = i >> 1, half = i & 1;
     int tap = r / NT, n = r - tap * NT;
     const char* src = w + ((long long)(tap * p.cout + n0 + n) * c) * sizeof(T) + half * 16;
-    cp_async16(wsmem + swizzled(r, half), src, true);
+    cp_async16(wsmem + ldmatrix_swizzled<kRowBytes>(r, half), src, true);
   }
 }
 
@@ -146,7 +140,7 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
 #pragma unroll
       for (int j = 0; j < NT / 16; ++j) {
         uint32_t r[4];
-        ldmatrix_x4(wts + swizzled(tap * NT + j * 16 + b_row, b_half), r);
+        ldmatrix_x4(wts + ldmatrix_swizzled<kRowBytes>(tap * NT + j * 16 + b_row, b_half), r);
         b[2 * j][0] = r[0];
         b[2 * j][1] = r[1];
         b[2 * j + 1][0] = r[2];
@@ -155,7 +149,7 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
         uint32_t a[4];
-        ldmatrix_x4(tile + swizzled((warp + dy) * kTileCols + m * 16 + a_row + dx, a_half), a);
+        ldmatrix_x4(tile + ldmatrix_swizzled<kRowBytes>((warp + dy) * kTileCols + m * 16 + a_row + dx, a_half), a);
 #pragma unroll
         for (int j = 0; j < NT / 8; ++j) mma<T>(acc[m][j], a, b[j][0], b[j][1]);
       }

@@ -29,6 +29,14 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4]) {
                : "r"(addr));
 }
 
+// Byte offset of 16-byte segment `seg` of row `row` in shared memory of RB-byte rows (RB = 32 or 64), swizzled for
+// ldmatrix: a row's segments are permuted by its place within 128 bytes of rows, so that the eight rows an ldmatrix
+// reads at one segment (any eight consecutive rows) fall in distinct banks.
+template <int RB>
+__device__ __forceinline__ uint32_t ldmatrix_swizzled(int row, int seg) {
+  return row * RB + ((seg ^ ((unsigned)row * RB / 128 % (RB / 16))) << 4);  // rows are never negative
+}
+
 template <typename T>
 __device__ __forceinline__ void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
 

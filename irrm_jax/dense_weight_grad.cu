@@ -34,12 +34,12 @@ struct Params {
 };
 
 // Byte offset of 16-byte segment `seg` of row `row` in a staged region of RB-byte rows, swizzled against bank
-// conflicts: bfloat16 tiles are read by ldmatrix (eight consecutive rows at one segment), float32 ones by 64-bit
-// loads (a half-warp reads four consecutive rows x eight channels; the rows' 32-byte halves swap every two rows).
+// conflicts: bfloat16 tiles are read by ldmatrix (`ldmatrix_swizzled`), float32 ones by 64-bit loads (a half-warp
+// reads four consecutive rows x eight channels; the rows' 32-byte halves swap every two rows).
 template <typename T, int RB>
 __device__ __forceinline__ uint32_t swizzled(int row, int seg) {
-  const int key = sizeof(T) == 2 ? (row * RB / 128) % (RB / 16) : 2 * ((row >> 1) & 1);
-  return row * RB + ((seg ^ key) << 4);
+  if constexpr (sizeof(T) == 2) return ldmatrix_swizzled<RB>(row, seg);
+  return row * RB + ((seg ^ (2 * ((row >> 1) & 1))) << 4);
 }
 
 // A float32 element's byte offset in such a region.
