@@ -44,6 +44,9 @@ EPILOGUES = {"none": 0, "bias": 1, "bias_leaky": 2, "leaky_grad": 3}  # dense_co
 # Kernel-gradient blocks a call, about: groups of rows = this / the inputs' 16-channel chunks (fewer where there are
 # fewer tiles). 256 summed the training step's layers faster than 128 or 512 on an H100 (benchmarks/NOTES.md).
 WEIGHT_GRAD_BLOCKS = 256
+# Under jax.vmap (`coupling.AffineCoupling`'s fuse_gh: G and H as one network) each kernel runs once for all members:
+# batched operands keep their leading axis, unbatched ones get an axis of length 1 that the kernels read as shared.
+VMAP_METHOD = "expand_dims"
 GPU_ARCH = "sm_90"
 DEFAULT_NVCC = "/usr/local/cuda/bin/nvcc"
 FULL_FLOAT32 = ("highest", "float32")  # matmul precisions that the kernel's TF32 products would not honour
@@ -162,7 +165,9 @@ def conv(
     if not _check(inputs[0].dtype):
         return dense_kernels.conv(inputs, kernels, layout, epilogue, extra)
     call = jax.ffi.ffi_call(
-        "irrm_dense_conv", jax.ShapeDtypeStruct((layout.rows, kernels[0].shape[1]), inputs[0].dtype)
+        "irrm_dense_conv",
+        jax.ShapeDtypeStruct((layout.rows, kernels[0].shape[1]), inputs[0].dtype),
+        vmap_method=VMAP_METHOD,
     )
     return call(
         *dense_kernels.conv_operands(inputs, kernels, extra),
@@ -187,7 +192,8 @@ def weight_grad(
     line_tiles = -(-layout.n * (layout.h + 2) // 4)  # tiles of four image lines (the kernel's, at one a line width)
     groups = max(1, min(line_tiles, -(-WEIGHT_GRAD_BLOCKS // chunks)))
     out_type = jax.ShapeDtypeStruct((groups, 9, sum(channels) + 1, cout), jnp.float32)
-    partials = jax.ffi.ffi_call("irrm_dense_weight_grad", out_type)(*inputs, grad, **_layout_attributes(layout))
+    call = jax.ffi.ffi_call("irrm_dense_weight_grad", out_type, vmap_method=VMAP_METHOD)
+    partials = call(*inputs, grad, **_layout_attributes(layout))
     return dense_kernels.split_weight_grads(partials, channels)
 
 

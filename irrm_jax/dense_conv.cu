@@ -28,10 +28,12 @@ struct Params {
   int n_inputs;
   const char* extra;  // bias (cout,) or the activation (rows, cout) for kLeakyGrad
   char* out;          // (rows, cout)
+  long long x_step[kMaxInputs], w_step[kMaxInputs], extra_step, out_step;  // member steps (dense_cuda.cuh)
   long long rows, margin;
   int lines, h2, w2, cout;  // lines = n * (h + 2); h2 = h + 2; w2 = w + 2
   int col_tiles;
   int tiles;                       // blocks computing outputs; kZeroBlocks more zero the margins
+  int members;                     // blockIdx.z
   long long zero_head, zero_tail;  // the rows outside the image lines: [0, zero_head) and [zero_tail, rows)
 };
 
@@ -49,7 +51,7 @@ __device__ __forceinline__ void load_stage(const Params& p, int input, int chunk
                                            int n0) {
   constexpr int kTileCols = MT * 16 + 2;
   const int c = p.c[input];
-  const char* x = p.x[input] + (size_t)chunk * 32;
+  const char* x = p.x[input] + blockIdx.z * p.x_step[input] + (size_t)chunk * 32;
   for (int i = threadIdx.x; i < kTileLines * kTileCols * 2; i += blockDim.x) {
     int pix = i >> 1, half = i & 1;
     int j = pix / kTileCols, k = pix - j * kTileCols;
@@ -58,7 +60,7 @@ __device__ __forceinline__ void load_stage(const Params& p, int input, int chunk
     const char* src = x + (valid ? row : 0) * c * (long long)sizeof(T) + half * 16;
     cp_async16(smem + ldmatrix_swizzled<kRowBytes>(pix, half), src, valid);
   }
-  const char* w = p.w[input] + (size_t)chunk * 32;
+  const char* w = p.w[input] + blockIdx.z * p.w_step[input] + (size_t)chunk * 32;
   uint32_t wsmem = smem + kTileLines * kTileCols * kRowBytes;
   for (int i = threadIdx.x; i < 9 * NT * 2; i += blockDim.x) {
     int r = i >> 1, half = i & 1;
@@ -78,8 +80,9 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
     if (blockIdx.y != 0) return;
     const long long row_bytes = (long long)p.cout * sizeof(T);
     const long long head = p.zero_head * row_bytes / 16, tail = (p.rows - p.zero_tail) * row_bytes / 16;
-    int4* out = reinterpret_cast<int4*>(p.out);
-    int4* out_tail = reinterpret_cast<int4*>(p.out + p.zero_tail * row_bytes);
+    char* member_out = p.out + blockIdx.z * p.out_step;
+    int4* out = reinterpret_cast<int4*>(member_out);
+    int4* out_tail = reinterpret_cast<int4*>(member_out + p.zero_tail * row_bytes);
     for (long long i = (blockIdx.x - p.tiles) * blockDim.x + threadIdx.x; i < head + tail;
          i += (long long)kZeroBlocks * blockDim.x)
       (i < head ? out[i] : out_tail[i - head]) = make_int4(0, 0, 0, 0);
@@ -163,8 +166,8 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
   if (line >= p.lines) return;
   const int y = line % p.h2;
   const bool line_inside = y >= 1 && y <= p.h2 - 2;
-  T* out = reinterpret_cast<T*>(p.out);
-  const T* extra = reinterpret_cast<const T*>(p.extra);
+  T* out = reinterpret_cast<T*>(p.out + blockIdx.z * p.out_step);
+  const T* extra = reinterpret_cast<const T*>(p.extra + blockIdx.z * p.extra_step);
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
 #pragma unroll
@@ -197,7 +200,7 @@ cudaError_t launch(const Params& p, cudaStream_t stream) {
   const int smem = kStages * stage_bytes<NT, MT>();
   cudaError_t err = allow_shared_memory<kernel>(smem);
   if (err != cudaSuccess) return err;
-  dim3 grid(p.tiles + kZeroBlocks, p.cout / NT);
+  dim3 grid(p.tiles + kZeroBlocks, p.cout / NT, p.members);
   kernel<<<grid, 128, smem, stream>>>(p);
   return cudaGetLastError();
 }
@@ -237,11 +240,14 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
   const size_t elem = dtype == ffi::DataType::BF16 ? 2 : 4;
   if (dtype != ffi::DataType::BF16 && dtype != ffi::DataType::F32)
     return ffi::Error::InvalidArgument("dense_conv: bfloat16 or float32 only");
-  auto out_dims = out->dimensions();
-  p.rows = out_dims[0];
-  p.cout = (int)out_dims[1];
+  const int64_t members = members_of(*out, 2);
+  p.members = (int)members;
+  p.out_step = member_step(*out, 2, members);
+  p.rows = extent(*out, 2, 0);
+  p.cout = (int)extent(*out, 2, 1);
   if (p.cout % 16 != 0) return ffi::Error::InvalidArgument("dense_conv: output channels must be a multiple of 16");
   const int kc = 32 / (int)elem;
+  bool steps_ok = true;
   for (int i = 0; i < n_inputs; ++i) {
     auto x = args.get<ffi::AnyBuffer>(i);
     auto k = args.get<ffi::AnyBuffer>(n_inputs + i);
@@ -249,14 +255,21 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
     if (k.has_error()) return k.error();
     p.x[i] = static_cast<const char*>(x->untyped_data());
     p.w[i] = static_cast<const char*>(k->untyped_data());
-    p.c[i] = (int)x->dimensions()[1];
+    p.x_step[i] = member_step(*x, 2, members);
+    p.w_step[i] = member_step(*k, 2, members);
+    steps_ok = steps_ok && p.x_step[i] >= 0 && p.w_step[i] >= 0;
+    p.c[i] = (int)extent(*x, 2, 1);
     if (p.c[i] % kc != 0) return ffi::Error::InvalidArgument("dense_conv: channels must be a multiple of 32 bytes");
   }
   if (with_extra) {
     auto e = args.get<ffi::AnyBuffer>(2 * n_inputs);
     if (e.has_error()) return e.error();
     p.extra = static_cast<const char*>(e->untyped_data());
+    p.extra_step = member_step(*e, epilogue == kLeakyGrad ? 2 : 1, members);
+    steps_ok = steps_ok && p.extra_step >= 0;
   }
+  if (!steps_ok || p.out_step < 0)
+    return ffi::Error::InvalidArgument("dense_conv: operands batched over one leading axis (vmap) at most");
   p.n_inputs = (int)n_inputs;
   p.out = static_cast<char*>(out->untyped_data());
   p.margin = margin;

@@ -101,6 +101,27 @@ cudaError_t allow_shared_memory(int bytes) {
   return err;
 }
 
+// Calls under jax.vmap (`cuda_kernels`' vmap_method "expand_dims": a coupling's G and H as one call) give every
+// buffer a leading member axis: one array a member, or one array (axis of length 1) that all members share. Blocks
+// pick their member by blockIdx and offset each buffer by its member step. `rank` is a buffer's rank without it.
+inline int64_t members_of(const ffi::AnyBuffer& out, size_t rank) {
+  return out.dimensions().size() > rank ? out.dimensions()[0] : 1;
+}
+
+// Bytes from one member's array to the next in a buffer (0: shared by all); -1 if its leading axis is neither.
+inline long long member_step(const ffi::AnyBuffer& b, size_t rank, int64_t members) {
+  const auto d = b.dimensions();
+  if (d.size() == rank || (d.size() == rank + 1 && d[0] == 1)) return 0;
+  if (d.size() != rank + 1 || d[0] != members) return -1;
+  return (long long)(b.size_bytes() / members);
+}
+
+// A buffer's extent along axis `axis` (counted without the member axis).
+inline int64_t extent(const ffi::AnyBuffer& b, size_t rank, size_t axis) {
+  const auto d = b.dimensions();
+  return d[d.size() - rank + axis];
+}
+
 // Of the candidate tile widths (pixels), the one that wastes the fewest columns of a row width w2 (the first on ties).
 inline int least_waste(int w2, std::initializer_list<int> widths) {
   int best = *widths.begin(), waste = 1 << 30;

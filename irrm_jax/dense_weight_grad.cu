@@ -28,9 +28,10 @@ struct Params {
   int chunk_input[kMaxChunks], chunk_channel[kMaxChunks];  // a chunk's input, and its first channel there
   const char* g;                                           // the output's gradient, flat (rows, cout)
   float* out;                                              // (groups, 9, total, cout)
+  long long x_step[kMaxInputs], g_step, out_step;          // member steps (dense_cuda.cuh)
   long long rows, margin;
   int lines, w2, cout, total;  // lines = n * (h + 2); w2 = w + 2; total = all inputs' channels + 1 (the bias)
-  int col_tiles, tiles, groups;
+  int col_tiles, tiles, groups, members;
 };
 
 // Byte offset of 16-byte segment `seg` of row `row` in a staged region of RB-byte rows, swizzled against bank
@@ -60,20 +61,21 @@ struct Stage {
 };
 
 template <typename T, int NT, int S>
-__device__ __forceinline__ void load_stage(const Params& p, int chunk, int n0, int tile, uint32_t smem) {
+__device__ __forceinline__ void load_stage(const Params& p, int member, int chunk, int n0, int tile, uint32_t smem) {
   using St = Stage<T, NT, S>;
   const int line0 = (tile / p.col_tiles) * kLines, col0 = (tile % p.col_tiles) * S;
   constexpr int kGradSegs = St::kGradRow / 16, kInputSegs = St::kInputRow / 16;
+  const char* g = p.g + member * p.g_step;
   for (int i = threadIdx.x; i < kLines * S * kGradSegs; i += blockDim.x) {
     const int r = i / kGradSegs, seg = i % kGradSegs;
     const int line = line0 + r / S, col = col0 + r % S;
     const bool valid = line < p.lines && col < p.w2;  // outside: zeros, as the gradient is outside the pixels
     const long long row = valid ? p.margin + (long long)line * p.w2 + col : 0;
-    cp_async16(smem + swizzled<T, St::kGradRow>(r, seg), p.g + (row * p.cout + n0) * (long long)sizeof(T) + seg * 16,
+    cp_async16(smem + swizzled<T, St::kGradRow>(r, seg), g + (row * p.cout + n0) * (long long)sizeof(T) + seg * 16,
                valid);
   }
   const int input = p.chunk_input[chunk];
-  const char* x = p.x[input] + p.chunk_channel[chunk] * sizeof(T);
+  const char* x = p.x[input] + member * p.x_step[input] + p.chunk_channel[chunk] * sizeof(T);
   const long long row_bytes = (long long)p.c[input] * sizeof(T);
   for (int i = threadIdx.x; i < kTileLines * St::kCols * kInputSegs; i += blockDim.x) {
     const int r = i / kInputSegs, seg = i % kInputSegs;
@@ -180,12 +182,13 @@ __global__ void __launch_bounds__(128, 2) dense_weight_grad_kernel(const __grid_
   extern __shared__ __align__(128) char smem_raw[];
   const uint32_t smem = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int chunk = blockIdx.y, n0 = blockIdx.z * NT;
+  const int n_tiles = p.cout / NT, member = blockIdx.z / n_tiles;  // blockIdx.z: member, then output-channel tile
+  const int chunk = blockIdx.y, n0 = (blockIdx.z % n_tiles) * NT;
   const int first = (int)((long long)blockIdx.x * p.tiles / p.groups);
   const int steps = (int)((long long)(blockIdx.x + 1) * p.tiles / p.groups) - first;
 
   for (int s = 0; s < kStages - 1; ++s) {
-    if (s < steps) load_stage<T, NT, S>(p, chunk, n0, first + s, smem + s * St::kBytes);
+    if (s < steps) load_stage<T, NT, S>(p, member, chunk, n0, first + s, smem + s * St::kBytes);
     cp_async_commit();
   }
   float acc[9][kM][2][4], bias[kM][4];
@@ -204,7 +207,8 @@ __global__ void __launch_bounds__(128, 2) dense_weight_grad_kernel(const __grid_
     cp_async_wait<kStages - 2>();
     __syncthreads();
     if (s + kStages - 1 < steps)
-      load_stage<T, NT, S>(p, chunk, n0, first + s + kStages - 1, smem + ((s + kStages - 1) % kStages) * St::kBytes);
+      load_stage<T, NT, S>(p, member, chunk, n0, first + s + kStages - 1,
+                           smem + ((s + kStages - 1) % kStages) * St::kBytes);
     cp_async_commit();
     const uint32_t grad = smem + (s % kStages) * St::kBytes;
     accumulate<T, NT, S>(grad, grad + St::kInput, warp, lane, chunk == 0, acc, bias);
@@ -229,7 +233,8 @@ __global__ void __launch_bounds__(128, 2) dense_weight_grad_kernel(const __grid_
     for (int q = 0; q < 4; ++q) bias_sums[(warp * kBiasSums + m * 4 + q) * 32 + lane] = bias[m][q];
   __syncthreads();
 
-  float* out = p.out + (long long)blockIdx.x * 9 * p.total * p.cout;
+  float* out = reinterpret_cast<float*>(reinterpret_cast<char*>(p.out) + member * p.out_step) +
+               (long long)blockIdx.x * 9 * p.total * p.cout;
   for (int e = threadIdx.x; e < kSums * 32; e += blockDim.x) {
     float v = 0.f;
 #pragma unroll
@@ -259,7 +264,7 @@ cudaError_t launch(const Params& p, cudaStream_t stream) {
   cudaError_t err = allow_shared_memory<kernel>(smem);
   if (err != cudaSuccess) return err;
   const int chunks = (p.total - 1) / kChunk;
-  kernel<<<dim3(p.groups, chunks, p.cout / NT), 128, smem, stream>>>(p);
+  kernel<<<dim3(p.groups, chunks, p.cout / NT * p.members), 128, smem, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -286,9 +291,14 @@ ffi::Error DenseWeightGradImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi
     return ffi::Error::InvalidArgument("dense_weight_grad: float32 sums");
   const int elem = dtype == ffi::DataType::BF16 ? 2 : 4;
   Params p{};
+  const int64_t members = members_of(*out, 4);
+  p.members = (int)members;
+  p.out_step = member_step(*out, 4, members);
   p.g = static_cast<const char*>(g->untyped_data());
-  p.rows = g->dimensions()[0];
-  p.cout = (int)g->dimensions()[1];
+  p.g_step = member_step(*g, 2, members);
+  bool steps_ok = p.out_step >= 0 && p.g_step >= 0;
+  p.rows = extent(*g, 2, 0);
+  p.cout = (int)extent(*g, 2, 1);
   if (p.cout % 16 != 0) return ffi::Error::InvalidArgument("dense_weight_grad: output channels: a multiple of 16");
   int chunks = 0;
   for (int i = 0; i < n_inputs; ++i) {
@@ -296,7 +306,9 @@ ffi::Error DenseWeightGradImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi
     if (x.has_error()) return x.error();
     if (x->element_type() != dtype) return ffi::Error::InvalidArgument("dense_weight_grad: one dtype for all");
     p.x[i] = static_cast<const char*>(x->untyped_data());
-    p.c[i] = (int)x->dimensions()[1];
+    p.x_step[i] = member_step(*x, 2, members);
+    steps_ok = steps_ok && p.x_step[i] >= 0;
+    p.c[i] = (int)extent(*x, 2, 1);
     if (p.c[i] % kChunk != 0) return ffi::Error::InvalidArgument("dense_weight_grad: channels: a multiple of 16");
     for (int j = 0; j < p.c[i]; j += kChunk, ++chunks) {
       if (chunks == kMaxChunks) return ffi::Error::InvalidArgument("dense_weight_grad: at most 1024 channels");
@@ -304,11 +316,13 @@ ffi::Error DenseWeightGradImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi
       p.chunk_channel[chunks] = j;
     }
   }
+  if (!steps_ok)
+    return ffi::Error::InvalidArgument("dense_weight_grad: operands batched over one leading axis (vmap) at most");
   p.total = chunks * kChunk + 1;
-  auto dims = out->dimensions();
-  if (dims.size() != 4 || dims[1] != 9 || dims[2] != p.total || dims[3] != p.cout)
+  if (out->dimensions().size() < 4 || extent(*out, 4, 1) != 9 || extent(*out, 4, 2) != p.total ||
+      extent(*out, 4, 3) != p.cout)
     return ffi::Error::InvalidArgument("dense_weight_grad: the output is (groups, 9, channels + 1, cout)");
-  p.groups = (int)dims[0];
+  p.groups = (int)extent(*out, 4, 0);
   p.out = static_cast<float*>(out->untyped_data());
   p.margin = margin;
   p.w2 = (int)w + 2;

@@ -152,6 +152,34 @@ def test_weight_grad_matches_xla(blocks, shape, cout, dtype, tolerance, monkeypa
     chex.assert_trees_all_close(bias, jnp.sum(g, (0, 1, 2)), atol=tolerance * float(jnp.max(jnp.abs(bias))))
 
 
+@needs_gpu
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("epilogue", ["bias_leaky", "leaky_grad"])  # the extra operand a vector or a flat array
+def test_vmapped_calls_compute_each_member_as_a_separate_call(epilogue, dtype):
+    """Under jax.vmap (fuse_gh: G and H) one call of each kernel serves both members, an unbatched input shared by
+    them: bit for bit the results of one call a member."""
+    layout = dk.FlatLayout(2, 8, 62)
+    shared = dk.to_flat(normal(2, 8, 62, 16).astype(dtype), layout, 16)
+    own = jnp.stack([dk.to_flat(normal(2, 8, 62, 32).astype(dtype), layout, 32) for _ in range(2)])
+    k0, k1 = normal(2, 9, 32, 16, scale=0.1).astype(dtype), normal(2, 9, 32, 32, scale=0.1).astype(dtype)
+    extra = normal(2, 32) if epilogue == "bias_leaky" else own[:, :, ::-1].astype(jnp.float32)
+    shared, own, k0, k1, extra = (cuda_kernels.tf32_operand(a.astype(dtype)) for a in (shared, own, k0, k1, extra))
+
+    def conv(x1, k0, k1, extra):
+        return cuda_kernels.conv([shared, x1], [k0, k1], layout, epilogue, extra)
+
+    def weight_grad(x1, g):
+        return cuda_kernels.weight_grad([shared, x1], g, layout)
+
+    batched_out = jax.jit(jax.vmap(conv))(own, k0, k1, extra)
+    batched_grads = jax.jit(jax.vmap(weight_grad))(own, batched_out)
+    for m in range(2):
+        out = jax.jit(conv)(own[m], k0[m], k1[m], extra[m])
+        np.testing.assert_array_equal(batched_out[m], out)
+        chex.assert_trees_all_equal(jax.tree.map(lambda a, m=m: a[m], batched_grads), jax.jit(weight_grad)(own[m], out))
+    assert float(jnp.max(jnp.abs(batched_out[0].astype(jnp.float32) - batched_out[1]))) > 0, "members differ"
+
+
 PALLAS_TRITON_DEPRECATED = "ignore:The Pallas Triton backend is deprecated:DeprecationWarning"  # jax 0.11 on GPUs
 
 
@@ -195,3 +223,31 @@ def test_full_float32_precision_goes_to_the_pallas_kernel():
         chex.assert_trees_all_close(exact, dk.conv([x], [k], layout, "none"), atol=0, rtol=0)
     tf32 = cuda_kernels.conv([cuda_kernels.tf32_operand(x)], [cuda_kernels.tf32_operand(k)], layout, "none")
     assert 0 < float(jnp.max(jnp.abs(tf32 - exact))) < 1e-2
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_fused_g_and_h_are_the_same_model_in_fewer_calls(dtype):
+    """fuse_gh with dense_cuda: G and H run as one call of each kernel (the DenseBlock vmapped), y1 shared; the same
+    values and parameter gradients as the separate calls."""
+    from irrm_jax.models import build_model
+    from irrm_jax.verify import random_nonzero_params
+
+    x = jnp.asarray(RNG.uniform(size=(2, 16, 16, 3)), jnp.float32)
+    models = [
+        build_model("irn", 2, blocks_per_level=(2,), dense_cuda=True, compute_dtype=dtype, fuse_gh=f)
+        for f in (False, True)
+    ]
+    params = random_nonzero_params(jax.eval_shape(models[0].init, jax.random.key(0), x)["params"], 3)
+
+    def loss(model):
+        return lambda p: sum(jnp.sum(jnp.sin(t)) for t in model.apply({"params": p}, x))
+
+    def calls(model):
+        return str(jax.jit(jax.grad(loss(model))).lower(params).as_text()).count("custom_call @irrm_dense_")
+
+    separate, fused = (jax.jit(jax.value_and_grad(loss(m)))(params) for m in models)
+    tolerance = 1e-5 if dtype == jnp.float32 else 1e-2  # bfloat16: y1's two gradients are added in bfloat16
+    for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(separate), strict=True):
+        assert float(jnp.linalg.norm(got - want)) <= tolerance * float(jnp.linalg.norm(want))
+    assert calls(models[1]) < calls(models[0])
