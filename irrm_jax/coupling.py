@@ -25,8 +25,9 @@ class AffineCoupling(nn.Module):
       subnet: factory called as ``subnet(features=...)`` for F, G and H.
       split: channels of the LR branch x1 (IRN: 3).
       clamp: bound of the log-scale s (IRN: 1.0).
-      fuse_gh: evaluate G and H (same input y1, same architecture) as one batched network, which XLA turns
-        into wider and grouped convolutions; the same function and parameters, fewer and larger kernels.
+      fuse_gh: evaluate G and H (same input y1, same architecture) as one network vmapped over their stacked
+        parameters: XLA turns it into wider and grouped convolutions; the DenseBlock kernels (`dense_kernels`,
+        `cuda_kernels`) run one call for both. The same function and parameters, fewer and larger kernels.
     """
 
     channels: int

@@ -63,8 +63,8 @@ def add_dense_pallas_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dense-cuda",
         action="store_true",
-        help="--dense-pallas with the DenseBlocks' kernels in CUDA (same results; NVIDIA H100/H200, built with nvcc "
-        "on first use; the fastest for large images)",
+        help="--dense-pallas with the DenseBlocks' kernels in CUDA, each coupling's G and H as one call (same results; "
+        "NVIDIA H100/H200, built with nvcc on first use; the fastest for large images)",
     )
 
 
@@ -88,7 +88,8 @@ def load_model_and_params(
         for IRN state dicts).
       dense_pallas: run IRN's DenseBlocks as Pallas GPU kernels (`irrm_jax.dense_kernels`; the same function);
         None keeps the training config's choice (off for IRN state dicts).
-      dense_cuda: ``dense_pallas`` with the DenseBlocks' kernels in CUDA (`irrm_jax.cuda_kernels`); None likewise.
+      dense_cuda: ``dense_pallas`` with the DenseBlocks' kernels in CUDA (`irrm_jax.cuda_kernels`), and with it
+        ``fuse_gh`` (each coupling's G and H as one call of each kernel: faster, the same function); None likewise.
 
     Returns:
       ``(model, params, model_name, scale)``.
@@ -119,6 +120,7 @@ def load_model_and_params(
             compute_dtype=compute_dtype or jnp.float32,
             dense_pallas=bool(dense_pallas),
             dense_cuda=bool(dense_cuda),
+            fuse_gh=bool(dense_cuda),
         )
         return model, params, "irn", found_scale
     from irrm_jax.checkpointing import restore_model
@@ -133,7 +135,7 @@ def load_model_and_params(
     if dense_pallas is not None:
         model = model.clone(dense_pallas=dense_pallas)
     if dense_cuda is not None:
-        model = model.clone(dense_cuda=dense_cuda)
+        model = model.clone(dense_cuda=dense_cuda, fuse_gh=dense_cuda or model.fuse_gh)
     return model, params, found_name, found_scale
 
 

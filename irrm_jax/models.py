@@ -101,7 +101,8 @@ class InvertibleRescaler(nn.Module):
         checks with jax_enable_x64). Parameters are always float32; coupling arithmetic runs in the input's
         float dtype.
       channel_multiple: speed option: pad sub-network channels to this multiple (see `subnets`).
-      fuse_gh: speed option: evaluate each coupling's G and H together (see `coupling`).
+      fuse_gh: speed option: evaluate each coupling's G and H together (see `coupling`): with ``dense_cuda`` one call
+        of each kernel for both (faster); with XLA's convolutions grouped ones (slower: benchmarks/NOTES.md).
       dense_outward: speed option: DenseBlocks convolve each feature map once into all later convs (see `subnets`).
       dense_pallas: speed option: DenseBlocks run as Pallas GPU kernels (see `dense_kernels`).
       dense_cuda: speed option: ``dense_pallas`` with the DenseBlocks' convolutions and kernel gradients in CUDA

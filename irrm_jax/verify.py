@@ -133,8 +133,9 @@ def verify(
       seed: for the random weights and images.
       size, batch: size and count of the random images.
       dense_pallas: run IRN's DenseBlocks as Pallas kernels (`irrm_jax.dense_kernels`) instead of XLA convolutions.
-      dense_cuda: ``dense_pallas`` with the DenseBlocks' kernels in CUDA (`irrm_jax.cuda_kernels`) in the float32
-        passes (the float64 one uses the Pallas kernels: the CUDA kernels have no float64).
+      dense_cuda: ``dense_pallas`` with the DenseBlocks' kernels in CUDA (`irrm_jax.cuda_kernels`) and each
+        coupling's G and H as one call (``fuse_gh``, as `irrm_jax.inference` runs them) in the float32 passes (the
+        float64 one uses the Pallas kernels: the CUDA kernels have no float64).
 
     Returns:
       For each of PRECISIONS: {'max': ..., 'mean': ...}, errors over all images. 'float32' runs the
@@ -155,7 +156,11 @@ def verify(
         with jax.enable_x64(dtype == "float64"), jax.default_matmul_precision(matmul):
             cuda = dense_cuda and dtype != "float64"
             model = InvertibleRescaler(
-                config, compute_dtype=jnp.dtype(dtype), dense_pallas=dense_pallas or dense_cuda, dense_cuda=cuda
+                config,
+                compute_dtype=jnp.dtype(dtype),
+                dense_pallas=dense_pallas or dense_cuda,
+                dense_cuda=cuda,
+                fuse_gh=cuda,
             )
             p = jax.tree.map(lambda a, d=dtype: jnp.asarray(a, d), params)
             errors = [roundtrip_error(model, p, jnp.asarray(img[None], dtype)) for img in images]

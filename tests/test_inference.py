@@ -200,6 +200,8 @@ def test_load_official_irn_npz(tmp_path):
     np.testing.assert_array_equal(
         params["operations_1"]["F"]["conv1"]["kernel"], state["operations.1.F.conv1.weight"].transpose(2, 3, 1, 0)
     )
+    fast, *_ = load_model_and_params(path, dense_cuda=True)  # built, not run: no GPU needed
+    assert fast.dense_cuda and fast.fuse_gh, "--dense-cuda runs each coupling's G and H as one call"
     with pytest.raises(ValueError, match="must be 'irn'"):
         load_model_and_params(path, "irrm_s")
     with pytest.raises(ValueError):
