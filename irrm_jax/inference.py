@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from irrm_jax.metrics import to_uint8
-from irrm_jax.models import VARIANTS, build_model
+from irrm_jax.models import VARIANTS, build_model, with_dense_cuda
 
 PAD_MODE = "reflect"
 """numpy ``np.pad`` mode used to extend images to their bucket (bottom and right edges)."""
@@ -88,8 +88,8 @@ def load_model_and_params(
         for IRN state dicts).
       dense_pallas: run IRN's DenseBlocks as Pallas GPU kernels (`irrm_jax.dense_kernels`; the same function);
         None keeps the training config's choice (off for IRN state dicts).
-      dense_cuda: ``dense_pallas`` with the DenseBlocks' kernels in CUDA (`irrm_jax.cuda_kernels`), and with it
-        ``fuse_gh`` (each coupling's G and H as one call of each kernel: faster, the same function); None likewise.
+      dense_cuda: ``dense_pallas`` with the DenseBlocks' kernels in CUDA (`irrm_jax.cuda_kernels`) and each
+        coupling's G and H as one call of each kernel (`irrm_jax.models.with_dense_cuda`); None likewise.
 
     Returns:
       ``(model, params, model_name, scale)``.
@@ -119,10 +119,8 @@ def load_model_and_params(
             found_scale,
             compute_dtype=compute_dtype or jnp.float32,
             dense_pallas=bool(dense_pallas),
-            dense_cuda=bool(dense_cuda),
-            fuse_gh=bool(dense_cuda),
         )
-        return model, params, "irn", found_scale
+        return with_dense_cuda(model) if dense_cuda else model, params, "irn", found_scale
     from irrm_jax.checkpointing import restore_model
 
     model, params, config = restore_model(path)
@@ -135,7 +133,7 @@ def load_model_and_params(
     if dense_pallas is not None:
         model = model.clone(dense_pallas=dense_pallas)
     if dense_cuda is not None:
-        model = model.clone(dense_cuda=dense_cuda, fuse_gh=dense_cuda or model.fuse_gh)
+        model = with_dense_cuda(model) if dense_cuda else model.clone(dense_cuda=False)
     return model, params, found_name, found_scale
 
 

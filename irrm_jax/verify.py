@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from irrm_jax.inference import add_dense_pallas_flag
-from irrm_jax.models import VARIANTS, InvertibleRescaler, RescalerConfig, model_config
+from irrm_jax.models import VARIANTS, InvertibleRescaler, RescalerConfig, model_config, with_dense_cuda
 
 FLOAT32_TOLERANCE = 1e-5  # max abs error on images in [0, 1], convolutions at full float32 precision
 FLOAT64_TOLERANCE = 1e-12
@@ -133,9 +133,9 @@ def verify(
       seed: for the random weights and images.
       size, batch: size and count of the random images.
       dense_pallas: run IRN's DenseBlocks as Pallas kernels (`irrm_jax.dense_kernels`) instead of XLA convolutions.
-      dense_cuda: ``dense_pallas`` with the DenseBlocks' kernels in CUDA (`irrm_jax.cuda_kernels`) and each
-        coupling's G and H as one call (``fuse_gh``, as `irrm_jax.inference` runs them) in the float32 passes (the
-        float64 one uses the Pallas kernels: the CUDA kernels have no float64).
+      dense_cuda: ``dense_pallas`` with the DenseBlocks' kernels in CUDA and each coupling's G and H as one call
+        (`irrm_jax.models.with_dense_cuda`, as `irrm_jax.inference` runs them) in the float32 passes (the float64
+        one uses the Pallas kernels: the CUDA kernels have no float64).
 
     Returns:
       For each of PRECISIONS: {'max': ..., 'mean': ...}, errors over all images. 'float32' runs the
@@ -155,13 +155,8 @@ def verify(
         matmul = "default" if "default" in precision else "highest"
         with jax.enable_x64(dtype == "float64"), jax.default_matmul_precision(matmul):
             cuda = dense_cuda and dtype != "float64"
-            model = InvertibleRescaler(
-                config,
-                compute_dtype=jnp.dtype(dtype),
-                dense_pallas=dense_pallas or dense_cuda,
-                dense_cuda=cuda,
-                fuse_gh=cuda,
-            )
+            model = InvertibleRescaler(config, compute_dtype=jnp.dtype(dtype), dense_pallas=dense_pallas or dense_cuda)
+            model = with_dense_cuda(model) if cuda else model
             p = jax.tree.map(lambda a, d=dtype: jnp.asarray(a, d), params)
             errors = [roundtrip_error(model, p, jnp.asarray(img[None], dtype)) for img in images]
         results[precision] = {

@@ -18,7 +18,7 @@ import pytest
 from irrm_jax import models
 from irrm_jax.coupling import AdditiveCoupling, AffineCoupling
 from irrm_jax.haar import haar_forward_levels
-from irrm_jax.models import VARIANTS, HaarLevel, build_model
+from irrm_jax.models import VARIANTS, HaarLevel, build_model, with_dense_cuda
 from irrm_jax.subnets import Conv3x3, DenseBlock, EnhancedBlock
 from irrm_jax.verify import random_nonzero_params
 
@@ -220,6 +220,13 @@ def conv_inputs(model, x):
     with nn.intercept_methods(record):
         jax.eval_shape(model.apply, variables, x)
     return seen
+
+
+def test_with_dense_cuda_fuses_g_and_h_where_there_are_dense_blocks():
+    irn = with_dense_cuda(tiny("irn", 2)())
+    assert irn.dense_cuda and irn.fuse_gh
+    irrm = with_dense_cuda(tiny("irrm_s", 2)())
+    assert irrm.dense_cuda and not irrm.fuse_gh, "Enhanced Blocks would become XLA's (slower) grouped convolutions"
 
 
 def test_speed_options_are_active():
