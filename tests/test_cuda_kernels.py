@@ -13,7 +13,9 @@ import pytest
 
 from irrm_jax import cuda_kernels
 from irrm_jax import dense_kernels as dk
+from irrm_jax.models import build_model
 from irrm_jax.subnets import DenseBlock, conv3x3
+from irrm_jax.verify import random_nonzero_params
 
 ON_GPU = jax.default_backend() == "gpu"
 HAS_NVCC = shutil.which("nvcc") is not None
@@ -230,9 +232,6 @@ def test_full_float32_precision_goes_to_the_pallas_kernel():
 def test_fused_g_and_h_are_the_same_model_in_fewer_calls(dtype):
     """fuse_gh with dense_cuda: G and H run as one call of each kernel (the DenseBlock vmapped), y1 shared; the same
     values and parameter gradients as the separate calls."""
-    from irrm_jax.models import build_model
-    from irrm_jax.verify import random_nonzero_params
-
     x = jnp.asarray(RNG.uniform(size=(2, 16, 16, 3)), jnp.float32)
     models = [
         build_model("irn", 2, blocks_per_level=(2,), dense_cuda=True, compute_dtype=dtype, fuse_gh=f)
@@ -244,7 +243,7 @@ def test_fused_g_and_h_are_the_same_model_in_fewer_calls(dtype):
         return lambda p: sum(jnp.sum(jnp.sin(t)) for t in model.apply({"params": p}, x))
 
     def calls(model):
-        return str(jax.jit(jax.grad(loss(model))).lower(params).as_text()).count("custom_call @irrm_dense_")
+        return jax.jit(jax.grad(loss(model))).lower(params).as_text().count("custom_call @irrm_dense_")
 
     separate, fused = (jax.jit(jax.value_and_grad(loss(m)))(params) for m in models)
     tolerance = 1e-5 if dtype == jnp.float32 else 1e-2  # bfloat16: y1's two gradients are added in bfloat16
