@@ -183,18 +183,24 @@ def weight_grad(
     """`dense_kernels.weight_grad`, computed by the CUDA kernel (same arguments and results; errors as `conv`). float32
     inputs and gradient must be TF32 values (`tf32_operand`).
 
-    A block sums one 16-channel chunk's products over a group of rows; XLA adds the groups' partials.
+    A block sums one 16-channel chunk's products over a group of rows (`weight_grad_partials`); XLA adds the groups'
+    partials.
     """
     if not _check(grad.dtype):
         return dense_kernels.weight_grad(inputs, grad, layout)
+    return dense_kernels.split_weight_grads(weight_grad_partials(inputs, grad, layout), [x.shape[1] for x in inputs])
+
+
+def weight_grad_partials(inputs: Sequence[jax.Array], grad: jax.Array, layout: FlatLayout) -> jax.Array:
+    """The kernel's own result: float32 (groups, 9, sum of input channels + 1, cout), kernel and bias gradients
+    summed over each group of rows (the last input channel is the bias's)."""
     channels, cout = [x.shape[1] for x in inputs], grad.shape[1]
     chunks = sum(channels) // 16
     line_tiles = -(-layout.n * (layout.h + 2) // 4)  # tiles of four image lines (the kernel's, at one a line width)
     groups = max(1, min(line_tiles, -(-WEIGHT_GRAD_BLOCKS // chunks)))
     out_type = jax.ShapeDtypeStruct((groups, 9, sum(channels) + 1, cout), jnp.float32)
     call = jax.ffi.ffi_call("irrm_dense_weight_grad", out_type, vmap_method=VMAP_METHOD)
-    partials = call(*inputs, grad, **_layout_attributes(layout))
-    return dense_kernels.split_weight_grads(partials, channels)
+    return call(*inputs, grad, **_layout_attributes(layout))
 
 
 CUDA = dense_kernels.Ops(conv, weight_grad, tf32_operand)

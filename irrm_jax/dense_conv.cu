@@ -161,15 +161,33 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
   cp_async_wait<0>();
 
   // Epilogue: accumulator element q of (m, j) is pixel m * 16 + lane / 4 + 8 * (q / 2), channel j * 8 + 2 * (lane % 4)
-  // + q % 2.
+  // + q % 2. The epilogue's operand is read ahead of the stores that follow it: as far as the compiler knows a store
+  // may alias it, so a load after a store waits for it, and loads between the stores made a chain of memory round
+  // trips (the bias's from L1 once read, the activations' from L2 or HBM: a line of 16-channel pairs a round trip).
   const int line = line0 + warp;
   if (line >= p.lines) return;
   const int y = line % p.h2;
   const bool line_inside = y >= 1 && y <= p.h2 - 2;
   T* out = reinterpret_cast<T*>(p.out + blockIdx.z * p.out_step);
   const T* extra = reinterpret_cast<const T*>(p.extra + blockIdx.z * p.extra_step);
+  float bias[NT / 8][2];
+  if (EPI == kBias || EPI == kBiasLeaky) {
+#pragma unroll
+    for (int j = 0; j < NT / 8; ++j) load_pair(extra + n0 + j * 8 + 2 * (lane & 3), bias[j][0], bias[j][1]);
+  }
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
+    float act[2][NT / 8][2];  // kLeakyGrad: the layer's activations at this m tile's outputs, both halves
+    if (EPI == kLeakyGrad) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int col = col0 + m * 16 + (lane >> 2) + 8 * half;
+        const long long row = p.margin + (long long)line * p.w2 + min(col, p.w2 - 1);
+#pragma unroll
+        for (int j = 0; j < NT / 8; ++j)
+          load_pair(extra + row * p.cout + n0 + j * 8 + 2 * (lane & 3), act[half][j][0], act[half][j][1]);
+      }
+    }
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int col = col0 + m * 16 + (lane >> 2) + 8 * half;
@@ -182,9 +200,9 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
         float v[2] = {acc[m][j][2 * half], acc[m][j][2 * half + 1]};
 #pragma unroll
         for (int e = 0; e < 2; ++e) {
-          if (EPI == kBias || EPI == kBiasLeaky) v[e] += to_float(extra[n + e]);
+          if (EPI == kBias || EPI == kBiasLeaky) v[e] += bias[j][e];
           if (EPI == kBiasLeaky) v[e] = v[e] >= 0.f ? v[e] : kSlope * v[e];
-          if (EPI == kLeakyGrad) v[e] = to_float(extra[row * p.cout + n + e]) >= 0.f ? v[e] : kSlope * v[e];
+          if (EPI == kLeakyGrad) v[e] = act[half][j][e] >= 0.f ? v[e] : kSlope * v[e];
           if (sizeof(T) == 4 && (EPI == kBiasLeaky || EPI == kLeakyGrad)) v[e] = to_tf32(v[e]);  // read by kernels only
           if (!inside) v[e] = 0.f;
         }

@@ -68,14 +68,23 @@ __device__ __forceinline__ float to_tf32(float v) {
   return __uint_as_float(r);
 }
 
-__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
-__device__ __forceinline__ float to_float(float v) { return v; }
 
+__device__ __forceinline__ void load_pair(const __nv_bfloat16* src, float& a, float& b) {
+  const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(src));
+  a = v.x;
+  b = v.y;
+}
+__device__ __forceinline__ void load_pair(const float* src, float& a, float& b) {
+  const float2 v = *reinterpret_cast<const float2*>(src);
+  a = v.x;
+  b = v.y;
+}
 __device__ __forceinline__ void store_pair(__nv_bfloat16* dst, float a, float b) {
   *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(a, b);
 }
+// One 64-bit store: written as a float2 store, the compiler split most of the epilogues' pairs into two 32-bit stores.
 __device__ __forceinline__ void store_pair(float* dst, float a, float b) {
-  *reinterpret_cast<float2*>(dst) = make_float2(a, b);
+  asm volatile("st.global.v2.f32 [%0], {%1, %2};\n" ::"l"(dst), "f"(a), "f"(b) : "memory");
 }
 
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t (&r)[4]) {
