@@ -193,7 +193,12 @@ def weight_grad(
 
 def weight_grad_partials(inputs: Sequence[jax.Array], grad: jax.Array, layout: FlatLayout) -> jax.Array:
     """The kernel's own result: float32 (groups, 9, sum of input channels + 1, cout), kernel and bias gradients
-    summed over each group of rows (the last input channel is the bias's)."""
+    summed over each group of rows (the last input channel is the bias's). Raises where the kernel does not compute
+    (`weight_grad` then falls back to Pallas)."""
+    if not _check(grad.dtype):
+        raise ValueError(
+            "weight_grad_partials: full float32 products asked for, which the CUDA kernel does not compute."
+        )
     channels, cout = [x.shape[1] for x in inputs], grad.shape[1]
     chunks = sum(channels) // 16
     line_tiles = -(-layout.n * (layout.h + 2) // 4)  # tiles of four image lines (the kernel's, at one a line width)

@@ -68,7 +68,6 @@ __device__ __forceinline__ float to_tf32(float v) {
   return __uint_as_float(r);
 }
 
-
 __device__ __forceinline__ void load_pair(const __nv_bfloat16* src, float& a, float& b) {
   const float2 v = __bfloat1622float2(*reinterpret_cast<const __nv_bfloat162*>(src));
   a = v.x;

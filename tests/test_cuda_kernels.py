@@ -183,6 +183,15 @@ def test_vmapped_calls_compute_each_member_as_a_separate_call(epilogue, dtype):
     assert float(jnp.max(jnp.abs(batched_out[0].astype(jnp.float32) - batched_out[1]))) > 0, "members differ"
 
 
+@needs_gpu
+def test_partials_under_full_float32_are_a_clear_error():
+    """weight_grad falls back to Pallas where full float32 is asked for; the kernel's own partials refuse."""
+    layout = dk.FlatLayout(1, 4, 4)
+    x = dk.to_flat(normal(1, 4, 4, 16), layout, 16)
+    with jax.default_matmul_precision("highest"), pytest.raises(ValueError, match="full float32"):
+        cuda_kernels.weight_grad_partials([x], x, layout)
+
+
 PALLAS_TRITON_DEPRECATED = "ignore:The Pallas Triton backend is deprecated:DeprecationWarning"  # jax 0.11 on GPUs
 
 
