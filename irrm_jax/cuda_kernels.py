@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from irrm_jax import dense_kernels
-from irrm_jax.dense_kernels import FlatLayout
+from irrm_jax.dense_kernels import FlatLayout, WeightPack
 
 SOURCES = [Path(__file__).with_name(name) for name in ("dense_conv.cu", "dense_weight_grad.cu")]
 HEADERS = [Path(__file__).with_name("dense_cuda.cuh")]
@@ -150,30 +150,36 @@ def _layout_attributes(layout: FlatLayout) -> dict:
 
 def conv(
     inputs: Sequence[jax.Array],
-    kernels: Sequence[jax.Array],
+    pack: WeightPack,
+    kernels: Sequence[str],
     layout: FlatLayout,
     epilogue: str,
-    extra: jax.Array | None = None,
+    extra: str | jax.Array | None = None,
 ) -> jax.Array:
-    """`dense_kernels.conv`, computed by the CUDA kernel (see there for the arguments). float32 inputs and kernels
-    must be TF32 values (`tf32_operand`); the ``bias_leaky`` and ``leaky_grad`` epilogues store TF32 values.
+    """`dense_kernels.conv`, computed by the CUDA kernel (see there for the arguments), which reads the kernels and
+    the bias from the pack's buffer at their offsets. float32 inputs and kernels must be TF32 values
+    (`tf32_operand`); the ``bias_leaky`` and ``leaky_grad`` epilogues store TF32 values.
 
     Raises:
       ValueError: not on a GPU backend, or a dtype other than bfloat16 and float32.
       RuntimeError: the kernels could not be built (no nvcc, or a compile error).
     """
     if not _check(inputs[0].dtype):
-        return dense_kernels.conv(inputs, kernels, layout, epilogue, extra)
+        return dense_kernels.conv(inputs, pack, kernels, layout, epilogue, extra)
+    cout = pack.slot(kernels[0])[1][1]
+    bias = epilogue in ("bias", "bias_leaky")
     call = jax.ffi.ffi_call(
-        "irrm_dense_conv",
-        jax.ShapeDtypeStruct((layout.rows, kernels[0].shape[1]), inputs[0].dtype),
-        vmap_method=VMAP_METHOD,
+        "irrm_dense_conv", jax.ShapeDtypeStruct((layout.rows, cout), inputs[0].dtype), vmap_method=VMAP_METHOD
     )
     return call(
-        *dense_kernels.conv_operands(inputs, kernels, extra),
+        *inputs,
+        pack.buffer,
+        *([extra] if epilogue == "leaky_grad" else []),
         **_layout_attributes(layout),
         n_inputs=np.int64(len(inputs)),
         epilogue=np.int64(EPILOGUES[epilogue]),
+        kernel_offsets=np.array([pack.slot(k)[0] for k in kernels], np.int64),
+        bias_offset=np.int64(pack.slot(extra)[0] if bias else -1),
     )
 
 

@@ -1,5 +1,6 @@
 // The DenseBlock's 3x3 convolution (irrm_jax/cuda_kernels.py, speed option dense_cuda) as an XLA FFI handler: the
-// same function as dense_kernels.conv on the same flat arrays (see that module for the layout and the epilogues).
+// same function as dense_kernels.conv on the same flat arrays (see that module for the layout and the epilogues), the
+// kernels and the bias read from the block's weight pack (dense_kernels.WeightPack) at the offsets given.
 //
 // A block of 4 warps computes 4 image lines x MT * 16 pixels x NT output channels. Per step it stages, with cp.async
 // three steps deep, 32 bytes of channels of one input for the tile those outputs read (6 lines x MT * 16 + 2
@@ -23,7 +24,7 @@ enum Epilogue { kNone = 0, kBias = 1, kBiasLeaky = 2, kLeakyGrad = 3 };
 
 struct Params {
   const char* x[kMaxInputs];  // flat inputs (rows, c[i])
-  const char* w[kMaxInputs];  // (9 * cout, c[i]) each
+  const char* w[kMaxInputs];  // (9 * cout, c[i]) each, in the weight pack
   int c[kMaxInputs];
   int n_inputs;
   const char* extra;  // bias (cout,) or the activation (rows, cout) for kLeakyGrad
@@ -247,12 +248,16 @@ cudaError_t launch_width(const Params& p, int mt, int epilogue, cudaStream_t str
 }
 
 ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Result<ffi::AnyBuffer> out, int64_t n,
-                         int64_t h, int64_t w, int64_t margin, int64_t n_inputs, int64_t epilogue) {
+                         int64_t h, int64_t w, int64_t margin, int64_t n_inputs, int64_t epilogue,
+                         ffi::Span<const int64_t> kernel_offsets, int64_t bias_offset) {
   if (n_inputs < 1 || n_inputs > kMaxInputs) return ffi::Error::InvalidArgument("dense_conv: 1 to 8 inputs");
   if (epilogue < kNone || epilogue > kLeakyGrad) return ffi::Error::InvalidArgument("dense_conv: unknown epilogue");
-  const int with_extra = epilogue == kNone ? 0 : 1;
-  if ((int64_t)args.size() != 2 * n_inputs + with_extra)
-    return ffi::Error::InvalidArgument("dense_conv: expected inputs, kernels and the epilogue's operand");
+  if ((int64_t)kernel_offsets.size() != n_inputs)
+    return ffi::Error::InvalidArgument("dense_conv: one kernel offset an input");
+  const bool with_bias = epilogue == kBias || epilogue == kBiasLeaky;
+  const int with_activation = epilogue == kLeakyGrad ? 1 : 0;
+  if ((int64_t)args.size() != n_inputs + 1 + with_activation)
+    return ffi::Error::InvalidArgument("dense_conv: expected the inputs, the weight pack and the epilogue's operand");
   Params p{};
   const auto dtype = out->element_type();
   const size_t elem = dtype == ffi::DataType::BF16 ? 2 : 4;
@@ -264,26 +269,39 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
   p.rows = extent(*out, 2, 0);
   p.cout = (int)extent(*out, 2, 1);
   if (p.cout % 16 != 0) return ffi::Error::InvalidArgument("dense_conv: output channels must be a multiple of 16");
+  auto pack = args.get<ffi::AnyBuffer>(n_inputs);
+  if (pack.has_error()) return pack.error();
+  const char* weights = static_cast<const char*>(pack->untyped_data());
+  const long long pack_step = member_step(*pack, 1, members);
+  const int64_t pack_size = extent(*pack, 1, 0);
   const int kc = 32 / (int)elem;
-  bool steps_ok = true;
+  bool steps_ok = pack_step >= 0;
   for (int i = 0; i < n_inputs; ++i) {
     auto x = args.get<ffi::AnyBuffer>(i);
-    auto k = args.get<ffi::AnyBuffer>(n_inputs + i);
     if (x.has_error()) return x.error();
-    if (k.has_error()) return k.error();
     p.x[i] = static_cast<const char*>(x->untyped_data());
-    p.w[i] = static_cast<const char*>(k->untyped_data());
     p.x_step[i] = member_step(*x, 2, members);
-    p.w_step[i] = member_step(*k, 2, members);
-    steps_ok = steps_ok && p.x_step[i] >= 0 && p.w_step[i] >= 0;
+    steps_ok = steps_ok && p.x_step[i] >= 0;
     p.c[i] = (int)extent(*x, 2, 1);
     if (p.c[i] % kc != 0) return ffi::Error::InvalidArgument("dense_conv: channels must be a multiple of 32 bytes");
+    // each kernel (9, cout, c) inside the pack, at a 16-byte boundary (the staging copies 16 bytes at a time)
+    const int64_t offset = kernel_offsets[i];
+    if (offset < 0 || offset * elem % 16 != 0 || offset + 9LL * p.cout * p.c[i] > pack_size)
+      return ffi::Error::InvalidArgument("dense_conv: a kernel offset outside the pack or not at 16 bytes");
+    p.w[i] = weights + offset * elem;
+    p.w_step[i] = pack_step;
   }
-  if (with_extra) {
-    auto e = args.get<ffi::AnyBuffer>(2 * n_inputs);
+  if (with_bias) {
+    if (bias_offset < 0 || bias_offset % 2 != 0 || bias_offset + p.cout > pack_size)
+      return ffi::Error::InvalidArgument("dense_conv: the bias offset is outside the pack or odd");
+    p.extra = weights + bias_offset * elem;
+    p.extra_step = pack_step;
+  }
+  if (with_activation) {
+    auto e = args.get<ffi::AnyBuffer>(n_inputs + 1);
     if (e.has_error()) return e.error();
     p.extra = static_cast<const char*>(e->untyped_data());
-    p.extra_step = member_step(*e, epilogue == kLeakyGrad ? 2 : 1, members);
+    p.extra_step = member_step(*e, 2, members);
     steps_ok = steps_ok && p.extra_step >= 0;
   }
   if (!steps_ok || p.out_step < 0)
@@ -323,5 +341,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IrrmDenseConv, DenseConvImpl,
                                   .Attr<int64_t>("w")
                                   .Attr<int64_t>("margin")
                                   .Attr<int64_t>("n_inputs")
-                                  .Attr<int64_t>("epilogue"),
+                                  .Attr<int64_t>("epilogue")
+                                  .Attr<ffi::Span<const int64_t>>("kernel_offsets")
+                                  .Attr<int64_t>("bias_offset"),
                               {ffi::Traits::kCmdBufferCompatible});

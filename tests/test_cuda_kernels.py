@@ -111,13 +111,18 @@ def test_conv_matches_xla(shape, epilogue, dtype, tolerance):
         ref = jax.nn.leaky_relu(ref, dk.SLOPE)
     if epilogue == "leaky_grad":
         ref = jnp.where(act >= 0, ref, dk.SLOPE * ref)
-    extra = {"bias": bias, "bias_leaky": bias, "none": None}.get(epilogue, dk.to_flat(act, layout, cout))
+    kernels = [jnp.swapaxes(k.reshape(9, c, cout), 1, 2).astype(dtype) for k, c in zip(ks, channels, strict=True)]
+    pack = dk.WeightPack.of({"k0": kernels[0], "bias": bias.astype(dtype), "k1": kernels[1], "k2": kernels[2]})
+    extra = {"bias": "bias", "bias_leaky": "bias", "none": None}.get(
+        epilogue, dk.to_flat(act.astype(dtype), layout, cout)
+    )
     flat = cuda_kernels.conv(
         [dk.to_flat(x.astype(dtype), layout, c) for x, c in zip(xs, channels, strict=True)],
-        [jnp.swapaxes(k.reshape(9, c, cout), 1, 2).astype(dtype) for k, c in zip(ks, channels, strict=True)],
+        pack,
+        ["k0", "k1", "k2"],
         layout,
         epilogue,
-        None if extra is None else extra.astype(dtype),
+        extra,
     )
     out = dk.from_flat(flat, layout, cout).astype(jnp.float32)
     assert float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref)) < tolerance
@@ -168,8 +173,14 @@ def test_vmapped_calls_compute_each_member_as_a_separate_call(epilogue, dtype):
     extra = normal(2, 32) if epilogue == "bias_leaky" else own[:, :, ::-1].astype(jnp.float32)
     shared, own, k0, k1, extra = (cuda_kernels.tf32_operand(a.astype(dtype)) for a in (shared, own, k0, k1, extra))
 
-    def conv(x1, k0, k1, extra):
-        return cuda_kernels.conv([shared, x1], [k0, k1], layout, epilogue, extra)
+    def conv(x1, k0, k1, extra):  # the pack is built in the vmapped function: one buffer a member
+        if epilogue == "bias_leaky":
+            return cuda_kernels.conv(
+                [shared, x1], dk.WeightPack.of({"k0": k0, "k1": k1, "b": extra}), ["k0", "k1"], layout, epilogue, "b"
+            )
+        return cuda_kernels.conv(
+            [shared, x1], dk.WeightPack.of({"k0": k0, "k1": k1}), ["k0", "k1"], layout, epilogue, extra
+        )
 
     def partials(x1, g):
         return cuda_kernels.weight_grad_partials([shared, x1], g, layout)
@@ -181,6 +192,19 @@ def test_vmapped_calls_compute_each_member_as_a_separate_call(epilogue, dtype):
         np.testing.assert_array_equal(batched_out[m], out)
         np.testing.assert_array_equal(batched_partials[m], jax.jit(partials)(own[m], out))
     assert float(jnp.max(jnp.abs(batched_out[0].astype(jnp.float32) - batched_out[1]))) > 0, "members differ"
+
+
+@needs_gpu
+def test_kernels_outside_the_pack_or_misaligned_are_a_clear_error():
+    """The kernel stages weights 16 bytes at a time from the pack: a kernel must start at a 16-byte boundary."""
+    layout = dk.FlatLayout(1, 4, 4)
+    x, k = dk.to_flat(normal(1, 4, 4, 16), layout, 16), cuda_kernels.tf32_operand(normal(9, 16, 16, scale=0.1))
+    misaligned = dk.WeightPack.of({"pad": jnp.zeros(1), "k": k})
+    with pytest.raises(Exception, match="not at 16 bytes"):
+        jax.block_until_ready(cuda_kernels.conv([x], misaligned, ["k"], layout, "none"))
+    short = dk.WeightPack(k.ravel()[:-16], (("k", 0, (9, 16, 16)),))  # claims more than the buffer holds
+    with pytest.raises(Exception, match="outside the pack"):
+        jax.block_until_ready(cuda_kernels.conv([x], short, ["k"], layout, "none"))
 
 
 @needs_gpu
@@ -230,10 +254,12 @@ def test_full_float32_precision_goes_to_the_pallas_kernel():
     """The kernel's float32 products are TF32; asked for full float32, the Pallas kernel computes instead."""
     layout = dk.FlatLayout(2, 8, 62)
     x, k = dk.to_flat(normal(2, 8, 62, 16), layout, 16), normal(9, 32, 16, scale=0.1)
+    pack = dk.WeightPack.of({"k": k})
     with jax.default_matmul_precision("highest"):
-        exact = cuda_kernels.conv([x], [k], layout, "none")
-        chex.assert_trees_all_close(exact, dk.conv([x], [k], layout, "none"), atol=0, rtol=0)
-    tf32 = cuda_kernels.conv([cuda_kernels.tf32_operand(x)], [cuda_kernels.tf32_operand(k)], layout, "none")
+        exact = cuda_kernels.conv([x], pack, ["k"], layout, "none")
+        chex.assert_trees_all_close(exact, dk.conv([x], pack, ["k"], layout, "none"), atol=0, rtol=0)
+    tf32_pack = dk.WeightPack.of({"k": cuda_kernels.tf32_operand(k)})
+    tf32 = cuda_kernels.conv([cuda_kernels.tf32_operand(x)], tf32_pack, ["k"], layout, "none")
     assert 0 < float(jnp.max(jnp.abs(tf32 - exact))) < 1e-2
 
 

@@ -37,6 +37,18 @@ def test_flat_layout_round_trip_and_zero_padding():
     assert offsets == [-10, -9, -8, -1, 0, 1, 8, 9, 10]  # rows of 7 + 2 pixels
 
 
+def test_weight_pack_holds_its_arrays_one_after_another():
+    a, b = normal(2, 3), jnp.arange(4.0)
+    pack = dk.WeightPack.of({"a": a, "b": b})
+    assert pack.buffer.shape == (10,) and pack.slot("b") == (6, (4,)) and pack.slot("a") == (0, (2, 3))
+    chex.assert_trees_all_equal(pack["a"], a)
+    chex.assert_trees_all_equal(pack["b"], b)
+    with pytest.raises(KeyError, match="no array 'c' in the pack"):
+        pack.slot("c")
+    leaves, treedef = jax.tree.flatten(pack)
+    assert len(leaves) == 1 and jax.tree.unflatten(treedef, leaves).slots == pack.slots, "a pytree of one array"
+
+
 @pytest.mark.parametrize("epilogue", ["bias", "bias_leaky", "none"])
 def test_conv_of_two_inputs_matches_xla(epilogue):
     """conv(inputs, kernels) is the convolution of the concatenated inputs, then bias and LeakyReLU."""
@@ -48,12 +60,17 @@ def test_conv_of_two_inputs_matches_xla(epilogue):
         ref = ref + bias
     if epilogue == "bias_leaky":
         ref = jax.nn.leaky_relu(ref, dk.SLOPE)
+    # (9, cout, c_i) kernels, the bias between them
+    pack = dk.WeightPack.of(
+        {"a": jnp.swapaxes(ka.reshape(9, 16, 16), 1, 2), "bias": bias, "b": jnp.swapaxes(kb.reshape(9, 32, 16), 1, 2)}
+    )
     flat = dk.conv(
         [dk.to_flat(a, layout, 16), dk.to_flat(b, layout, 32)],
-        [jnp.swapaxes(ka.reshape(9, 16, 16), 1, 2), jnp.swapaxes(kb.reshape(9, 32, 16), 1, 2)],  # (9, cout, c_i)
+        pack,
+        ["a", "b"],
         layout,
         epilogue,
-        None if epilogue == "none" else bias,
+        None if epilogue == "none" else "bias",
     )
     chex.assert_trees_all_close(dk.from_flat(flat, layout, 16), ref, atol=1e-4, rtol=1e-5)
     keep = np.asarray(dk.interior(layout, jnp.arange(layout.rows)))
