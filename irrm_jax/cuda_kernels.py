@@ -155,6 +155,7 @@ def conv(
     layout: FlatLayout,
     epilogue: str,
     extra: str | jax.Array | None = None,
+    transpose: bool = False,
 ) -> jax.Array:
     """`dense_kernels.conv`, computed by the CUDA kernel (see there for the arguments), which reads the kernels and
     the bias from the pack's buffer at their offsets. float32 inputs and kernels must be TF32 values
@@ -165,8 +166,8 @@ def conv(
       RuntimeError: the kernels could not be built (no nvcc, or a compile error).
     """
     if not _check(inputs[0].dtype):
-        return dense_kernels.conv(inputs, pack, kernels, layout, epilogue, extra)
-    cout = pack.slot(kernels[0])[1][1]
+        return dense_kernels.conv(inputs, pack, kernels, layout, epilogue, extra, transpose)
+    cout = pack.slot(kernels[0])[1][1 if transpose else 2]
     bias = epilogue in ("bias", "bias_leaky")
     call = jax.ffi.ffi_call(
         "irrm_dense_conv", jax.ShapeDtypeStruct((layout.rows, cout), inputs[0].dtype), vmap_method=VMAP_METHOD
@@ -180,6 +181,7 @@ def conv(
         epilogue=np.int64(EPILOGUES[epilogue]),
         kernel_offsets=np.array([pack.slot(k)[0] for k in kernels], np.int64),
         bias_offset=np.int64(pack.slot(extra)[0] if bias else -1),
+        transpose=bool(transpose),
     )
 
 

@@ -1,6 +1,8 @@
 // The DenseBlock's 3x3 convolution (irrm_jax/cuda_kernels.py, speed option dense_cuda) as an XLA FFI handler: the
 // same function as dense_kernels.conv on the same flat arrays (see that module for the layout and the epilogues), the
-// kernels and the bias read from the block's weight pack (dense_kernels.WeightPack) at the offsets given.
+// kernels and the bias read from the block's weight pack (dense_kernels.WeightPack) at the offsets given: HWIO kernels
+// (9, c, cout) for a convolution, or (9, cout, c) ones whose transposed convolution it computes (`transpose`: taps
+// reversed, the channel axes swapped; a DenseBlock's input gradients from its forward kernels).
 //
 // A block of 4 warps computes 4 image lines x MT * 16 pixels x NT output channels. Per step it stages, with cp.async
 // three steps deep, 32 bytes of channels of one input for the tile those outputs read (6 lines x MT * 16 + 2
@@ -46,8 +48,32 @@ __host__ __device__ constexpr int stage_bytes() {
   return (kTileLines * (MT * 16 + 2) + 9 * NT) * kRowBytes;
 }
 
+// The nine taps' weights of a stage, KC input channels x NT outputs a tap, are staged as the kernel holds them. A
+// transposed convolution's kernel (9, cout, c) gives NT rows of KC channels (32 bytes) a tap, read as the mma's B
+// fragments by ldmatrix like the input tile. A convolution's HWIO kernel (9, c, cout) gives KC rows of NT outputs
+// (kWeightRowBytes) a tap: ldmatrix.trans reads them (bf16); float32 fragments are single 32-bit loads, each lane
+// reading its own row and column (m16n8k8: b0 = B[lane % 4][lane / 4], b1 four rows on), swizzled so that the 32
+// lanes' words fall in 32 distinct banks.
+template <typename T, int NT>
+constexpr int kWeightRowBytes = NT * (int)sizeof(T);
+
+template <int RB>
+__device__ __forceinline__ uint32_t lds32_swizzled(int row, int seg) {
+  return row * RB + ((seg ^ (2 * ((unsigned)row * RB / 128 % (RB / 32)))) << 4);
+}
+
+template <typename T, int NT>
+__device__ __forceinline__ uint32_t weight_swizzled(int row, int seg) {
+  constexpr int RB = kWeightRowBytes<T, NT>;
+  if constexpr (sizeof(T) == 2) {
+    return ldmatrix_swizzled<RB>(row, seg);
+  } else {
+    return lds32_swizzled<RB>(row, seg);
+  }
+}
+
 // Stage `s`'s copies: KC channels (32 bytes) of one input, its tile and its nine taps' NT x KC weights.
-template <typename T, int NT, int MT>
+template <typename T, int NT, int MT, bool TRANS>
 __device__ __forceinline__ void load_stage(const Params& p, int input, int chunk, uint32_t smem, int line0, int col0,
                                            int n0) {
   constexpr int kTileCols = MT * 16 + 2;
@@ -61,17 +87,27 @@ __device__ __forceinline__ void load_stage(const Params& p, int input, int chunk
     const char* src = x + (valid ? row : 0) * c * (long long)sizeof(T) + half * 16;
     cp_async16(smem + ldmatrix_swizzled<kRowBytes>(pix, half), src, valid);
   }
-  const char* w = p.w[input] + blockIdx.z * p.w_step[input] + (size_t)chunk * 32;
+  const char* w = p.w[input] + blockIdx.z * p.w_step[input];
   uint32_t wsmem = smem + kTileLines * kTileCols * kRowBytes;
-  for (int i = threadIdx.x; i < 9 * NT * 2; i += blockDim.x) {
-    int r = i >> 1, half = i & 1;
-    int tap = r / NT, n = r - tap * NT;
-    const char* src = w + ((long long)(tap * p.cout + n0 + n) * c) * sizeof(T) + half * 16;
-    cp_async16(wsmem + ldmatrix_swizzled<kRowBytes>(r, half), src, true);
+  if constexpr (TRANS) {  // rows (tap, n) of KC channels; the transposed convolution's tap t is the kernel's 8 - t
+    for (int i = threadIdx.x; i < 9 * NT * 2; i += blockDim.x) {
+      int r = i >> 1, half = i & 1;
+      int tap = r / NT, n = r - tap * NT;
+      const char* src = w + ((long long)((8 - tap) * p.cout + n0 + n) * c) * sizeof(T) + chunk * 32 + half * 16;
+      cp_async16(wsmem + ldmatrix_swizzled<kRowBytes>(r, half), src, true);
+    }
+  } else {  // rows (tap, channel) of NT outputs
+    constexpr int kc = 32 / sizeof(T), segs = kWeightRowBytes<T, NT> / 16;
+    for (int i = threadIdx.x; i < 9 * kc * segs; i += blockDim.x) {
+      int r = i / segs, seg = i - r * segs;
+      int tap = r / kc, k = r - tap * kc;
+      const char* src = w + ((long long)(tap * c + chunk * kc + k) * p.cout + n0) * sizeof(T) + seg * 16;
+      cp_async16(wsmem + weight_swizzled<T, NT>(r, seg), src, true);
+    }
   }
 }
 
-template <typename T, int NT, int MT, int EPI>
+template <typename T, int NT, int MT, int EPI, bool TRANS>
 __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constant__ Params p) {
   constexpr int kSeg = MT * 16, kTileCols = kSeg + 2;
   extern __shared__ __align__(128) char smem_raw[];
@@ -106,7 +142,7 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
   };
   for (int s = 0; s < kStages - 1; ++s) {
     if (s < total) {
-      load_stage<T, NT, MT>(p, load_input, load_chunk, smem + s * stage_bytes<NT, MT>(), line0, col0, n0);
+      load_stage<T, NT, MT, TRANS>(p, load_input, load_chunk, smem + s * stage_bytes<NT, MT>(), line0, col0, n0);
       advance(load_input, load_chunk);
     }
     cp_async_commit();
@@ -124,12 +160,16 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
   // (lane / 8) % 2.
   const int a_row = lane & 15, a_half = lane >> 4;
   const int b_row = ((lane >> 4) << 3) + (lane & 7), b_half = (lane >> 3) & 1;
+  // float32 HWIO weights: lane's word of row (tap, lane % 4 + 4 h), column 8 j + lane / 4 is at b_lane plus the
+  // row's start plus its swizzled 16-byte segment 2 j ^ b_swizzle (weight_swizzled; even, it leaves lane / 16 alone)
+  const int b_lane = (lane & 3) * kWeightRowBytes<T, NT> + (lane >> 4) * 16 + ((lane >> 2) & 3) * 4;
+  const int b_swizzle = (weight_swizzled<T, NT>(lane & 3, 0) - (lane & 3) * kWeightRowBytes<T, NT>) / 16;
 
   for (int s = 0; s < total; ++s) {
     cp_async_wait<kStages - 2>();
     __syncthreads();
     if (s + kStages - 1 < total) {
-      load_stage<T, NT, MT>(p, load_input, load_chunk, smem + ((s + kStages - 1) % kStages) * stage_bytes<NT, MT>(), line0,
+      load_stage<T, NT, MT, TRANS>(p, load_input, load_chunk, smem + ((s + kStages - 1) % kStages) * stage_bytes<NT, MT>(), line0,
                         col0, n0);
       advance(load_input, load_chunk);
     }
@@ -141,14 +181,28 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
     for (int tap = 0; tap < 9; ++tap) {
       const int dy = tap / 3, dx = tap % 3;
       uint32_t b[NT / 8][2];
+      if constexpr (TRANS || sizeof(T) == 2) {
 #pragma unroll
-      for (int j = 0; j < NT / 16; ++j) {
-        uint32_t r[4];
-        ldmatrix_x4(wts + ldmatrix_swizzled<kRowBytes>(tap * NT + j * 16 + b_row, b_half), r);
-        b[2 * j][0] = r[0];
-        b[2 * j][1] = r[1];
-        b[2 * j + 1][0] = r[2];
-        b[2 * j + 1][1] = r[3];
+        for (int j = 0; j < NT / 16; ++j) {
+          uint32_t r[4];
+          if constexpr (TRANS) {
+            ldmatrix_x4(wts + ldmatrix_swizzled<kRowBytes>(tap * NT + j * 16 + b_row, b_half), r);
+          } else {  // matrices (k 0-7, n-tile 2j), (k 8-15, 2j), (k 0-7, 2j + 1), (k 8-15, 2j + 1), transposed
+            ldmatrix_x4_trans(wts + weight_swizzled<T, NT>(tap * 16 + (lane & 7) + ((lane >> 3) & 1) * 8,
+                                                         2 * j + (lane >> 4)),
+                              r);
+          }
+          b[2 * j][0] = r[0];
+          b[2 * j][1] = r[1];
+          b[2 * j + 1][0] = r[2];
+          b[2 * j + 1][1] = r[3];
+        }
+      } else {  // float32, rows (tap, k) of NT outputs: b0 = B[lane % 4][n], b1 = B[lane % 4 + 4][n], n = 8 j + lane / 4
+#pragma unroll
+        for (int j = 0; j < NT / 8; ++j)
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            lds32(wts + (tap * 8 + 4 * h) * kWeightRowBytes<T, NT> + ((2 * j) ^ b_swizzle) * 16 + b_lane, b[j][h]);
       }
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
@@ -213,9 +267,9 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
   }
 }
 
-template <typename T, int NT, int MT, int EPI>
+template <typename T, int NT, int MT, int EPI, bool TRANS>
 cudaError_t launch(const Params& p, cudaStream_t stream) {
-  constexpr auto kernel = dense_conv_kernel<T, NT, MT, EPI>;
+  constexpr auto kernel = dense_conv_kernel<T, NT, MT, EPI, TRANS>;
   const int smem = kStages * stage_bytes<NT, MT>();
   cudaError_t err = allow_shared_memory<kernel>(smem);
   if (err != cudaSuccess) return err;
@@ -224,14 +278,20 @@ cudaError_t launch(const Params& p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-template <typename T, int NT, int MT>
+template <typename T, int NT, int MT, bool TRANS>
 cudaError_t launch_epilogue(const Params& p, int epilogue, cudaStream_t stream) {
   switch (epilogue) {
-    case kNone: return launch<T, NT, MT, kNone>(p, stream);
-    case kBias: return launch<T, NT, MT, kBias>(p, stream);
-    case kBiasLeaky: return launch<T, NT, MT, kBiasLeaky>(p, stream);
-    default: return launch<T, NT, MT, kLeakyGrad>(p, stream);
+    case kNone: return launch<T, NT, MT, kNone, TRANS>(p, stream);
+    case kBias: return launch<T, NT, MT, kBias, TRANS>(p, stream);
+    case kBiasLeaky: return launch<T, NT, MT, kBiasLeaky, TRANS>(p, stream);
+    default: return launch<T, NT, MT, kLeakyGrad, TRANS>(p, stream);
   }
+}
+
+template <typename T, int NT, int MT>
+cudaError_t launch_direction(const Params& p, int epilogue, bool transpose, cudaStream_t stream) {
+  return transpose ? launch_epilogue<T, NT, MT, true>(p, epilogue, stream)
+                   : launch_epilogue<T, NT, MT, false>(p, epilogue, stream);
 }
 
 // The line width in m16 tiles: of 4, 3 and 5, the least wasteful for a row width w2 (4 on ties). Narrower blocks
@@ -239,17 +299,17 @@ cudaError_t launch_epilogue(const Params& p, int epilogue, cudaStream_t stream) 
 int tiles_a_line(int w2) { return least_waste(w2, {64, 48, 80}) / 16; }
 
 template <typename T, int NT>
-cudaError_t launch_width(const Params& p, int mt, int epilogue, cudaStream_t stream) {
+cudaError_t launch_width(const Params& p, int mt, int epilogue, bool transpose, cudaStream_t stream) {
   switch (mt) {
-    case 3: return launch_epilogue<T, NT, 3>(p, epilogue, stream);
-    case 5: return launch_epilogue<T, NT, 5>(p, epilogue, stream);
-    default: return launch_epilogue<T, NT, 4>(p, epilogue, stream);
+    case 3: return launch_direction<T, NT, 3>(p, epilogue, transpose, stream);
+    case 5: return launch_direction<T, NT, 5>(p, epilogue, transpose, stream);
+    default: return launch_direction<T, NT, 4>(p, epilogue, transpose, stream);
   }
 }
 
 ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Result<ffi::AnyBuffer> out, int64_t n,
                          int64_t h, int64_t w, int64_t margin, int64_t n_inputs, int64_t epilogue,
-                         ffi::Span<const int64_t> kernel_offsets, int64_t bias_offset) {
+                         ffi::Span<const int64_t> kernel_offsets, int64_t bias_offset, bool transpose) {
   if (n_inputs < 1 || n_inputs > kMaxInputs) return ffi::Error::InvalidArgument("dense_conv: 1 to 8 inputs");
   if (epilogue < kNone || epilogue > kLeakyGrad) return ffi::Error::InvalidArgument("dense_conv: unknown epilogue");
   if ((int64_t)kernel_offsets.size() != n_inputs)
@@ -320,11 +380,11 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
   cudaError_t err;
   const bool nt32 = p.cout % 32 == 0;
   if (dtype == ffi::DataType::BF16)
-    err = nt32 ? launch_width<__nv_bfloat16, 32>(p, mt, (int)epilogue, stream)
-               : launch_width<__nv_bfloat16, 16>(p, mt, (int)epilogue, stream);
+    err = nt32 ? launch_width<__nv_bfloat16, 32>(p, mt, (int)epilogue, transpose, stream)
+               : launch_width<__nv_bfloat16, 16>(p, mt, (int)epilogue, transpose, stream);
   else
-    err = nt32 ? launch_width<float, 32>(p, mt, (int)epilogue, stream)
-               : launch_width<float, 16>(p, mt, (int)epilogue, stream);
+    err = nt32 ? launch_width<float, 32>(p, mt, (int)epilogue, transpose, stream)
+               : launch_width<float, 16>(p, mt, (int)epilogue, transpose, stream);
   if (err != cudaSuccess) return ffi::Error::Internal(cudaGetErrorString(err));
   return ffi::Error::Success();
 }
@@ -343,5 +403,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IrrmDenseConv, DenseConvImpl,
                                   .Attr<int64_t>("n_inputs")
                                   .Attr<int64_t>("epilogue")
                                   .Attr<ffi::Span<const int64_t>>("kernel_offsets")
-                                  .Attr<int64_t>("bias_offset"),
+                                  .Attr<int64_t>("bias_offset")
+                                  .Attr<bool>("transpose"),
                               {ffi::Traits::kCmdBufferCompatible});

@@ -92,6 +92,11 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t (&r)[4
                : "r"(addr));
 }
 
+// One 32-bit word from shared memory (a TF32 operand).
+__device__ __forceinline__ void lds32(uint32_t addr, uint32_t& a) {
+  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(a) : "r"(addr));
+}
+
 // Two adjacent 32-bit words from shared memory (two TF32 operands).
 __device__ __forceinline__ void lds64(uint32_t addr, uint32_t& a, uint32_t& b) {
   asm volatile("ld.shared.v2.b32 {%0,%1}, [%2];\n" : "=r"(a), "=r"(b) : "r"(addr));

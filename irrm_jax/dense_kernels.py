@@ -11,9 +11,10 @@ without concatenating them) with its epilogue fused (bias, LeakyReLU, or LeakyRe
 (`jax.custom_vjp`) built from the same two kernels: a feature map's gradient is the convolution of the later
 layers' gradients with their kernels flipped and transposed.
 
-Weights. A block call prepares its kernels (in the layouts the convolutions read, forward and backward) and biases
-once, into one flat array (`WeightPack`) that the convolutions read at offsets: XLA writes it in one fusion, where
-separate arrays took one small kernel each (about 450 a training step of IRN x4, 1.1 ms on an H100).
+Weights. A block call prepares its kernels and biases once (in the compute dtype, padded) into one flat array
+(`WeightPack`) that the convolutions read at offsets, the kernels in HWIO order for the forward convolutions and
+the transposed ones alike: XLA writes it in one fusion, where separate arrays, transposed and flipped for each
+direction, took one small kernel each (about 450 a training step of IRN x4, 1.1 ms on an H100).
 
 Channel counts must be powers of two of at least 16 (Triton's blocks and matrix units): the input and the last
 layer's output are padded with zeros; the growth (IRN: 32) must already be one. On GPUs the kernels compile with
@@ -220,22 +221,25 @@ def conv(
     layout: FlatLayout,
     epilogue: str,
     extra: str | jax.Array | None = None,
+    transpose: bool = False,
 ) -> jax.Array:
-    """sum_i conv3x3(inputs[i], kernels[i]) then the epilogue, flat in and out.
+    """sum_i conv3x3(inputs[i], kernels[i]) then the epilogue, flat in and out; with ``transpose`` the transposed
+    convolutions (the gradients of conv3x3 with respect to its input).
 
     Args:
       inputs: flat arrays (rows, c_i), zero outside the pixels.
       pack: holds the kernels and the bias.
-      kernels: names in ``pack`` of (9, cout, c_i) arrays, one an input: per tap (HWIO order, `FlatLayout.offset`)
-        the transpose of HWIO's (c_i, cout) matrix, so that both matrix operands are contiguous along the summed
-        channels.
+      kernels: names in ``pack`` of HWIO kernels (9, c_i, cout), one an input (taps in `FlatLayout.offset`'s order);
+        with ``transpose``, of kernels (9, cout, c_i) whose transposed convolution is computed (taps reversed, the
+        channel axes swapped): a DenseBlock's input gradients from its forward kernels.
       epilogue: "bias" (+ the (cout,) bias named `extra` in ``pack``), "bias_leaky" (then LeakyReLU), "leaky_grad"
         (multiply by LeakyReLU's slope where the flat array `extra`, the activation's output, is negative) or "none".
     """
-    cout = pack.slot(kernels[0])[1][1]
-    bias = epilogue in ("bias", "bias_leaky")
-    operands = [*inputs, *(pack[k].reshape(9 * cout, -1) for k in kernels)]
-    operands += [pack[extra]] if bias else [] if extra is None else [extra]
+    # the Pallas kernel's layout: per tap a (cout, c_i) matrix, both operands contiguous along the summed channels
+    matrices = [pack[k][::-1] if transpose else jnp.swapaxes(pack[k], 1, 2) for k in kernels]
+    cout = matrices[0].shape[1]
+    operands = [*inputs, *(m.reshape(9 * cout, -1) for m in matrices)]
+    operands += [pack[extra]] if epilogue in ("bias", "bias_leaky") else [] if extra is None else [extra]
     kernel = functools.partial(_conv_kernel, layout=layout, n_inputs=len(inputs), epilogue=epilogue)
     out_shape = jax.ShapeDtypeStruct((layout.rows, cout), inputs[0].dtype)
     name = f"dense_conv_{epilogue}_{layout.h}x{layout.w}"  # names the Triton kernel in profiles
@@ -328,16 +332,13 @@ class Ops(NamedTuple):
 PALLAS = Ops(conv, weight_grad)
 
 
-def _pack(ops: Ops, kernels: tuple, biases: tuple, backward: bool) -> WeightPack:
-    """The block's weights as its convolutions read them: layer k's kernel for input i as ``w{k}.{i}`` (9, cout,
-    c_i), its bias as ``b{k}``, and with ``backward`` the kernel flipped for the transposed convolution as
-    ``t{k}.{i}`` (taps reversed; (9, c_i, cout) is already that convolution's (9, cout, c) layout)."""
+def _pack(ops: Ops, kernels: tuple, biases: tuple) -> WeightPack:
+    """The block's kernels and biases as its convolutions read them: layer k's HWIO kernel for input i as
+    ``w{k}.{i}`` (9, c_i, cout), for the forward convolutions and (transposed) the input gradients, its bias as
+    ``b{k}``."""
     arrays = {}
     for k, (layer_kernels, bias) in enumerate(zip(kernels, biases, strict=True)):
-        for i, kernel in enumerate(layer_kernels):
-            arrays[f"w{k}.{i}"] = jnp.swapaxes(ops.operand(kernel), 1, 2)
-            if backward:
-                arrays[f"t{k}.{i}"] = ops.operand(kernel)[::-1]
+        arrays |= {f"w{k}.{i}": ops.operand(kernel) for i, kernel in enumerate(layer_kernels)}
         arrays[f"b{k}"] = bias
     return WeightPack.of(arrays)
 
@@ -356,11 +357,11 @@ def dense_block_flat(layout: FlatLayout, ops: Ops, x: jax.Array, kernels: tuple,
     (9, c, cout) per input) and adds biases[k]; layers before the last apply LeakyReLU(0.2). Forward and backward
     are computed by ``ops`` (`PALLAS` or `irrm_jax.cuda_kernels.CUDA`). The output's gradient must be zero outside
     the pixels, like every flat array (`dense_block`'s is)."""
-    return _forward(layout, ops, x, _pack(ops, kernels, biases, backward=False), len(kernels))[-1]
+    return _forward(layout, ops, x, _pack(ops, kernels, biases), len(kernels))[-1]
 
 
 def _dense_block_fwd(layout, ops, x, kernels, biases):
-    pack = _pack(ops, kernels, biases, backward=True)
+    pack = _pack(ops, kernels, biases)
     feats = _forward(layout, ops, x, pack, len(kernels))
     return feats[-1], (feats[:-1], pack)
 
@@ -368,13 +369,14 @@ def _dense_block_fwd(layout, ops, x, kernels, biases):
 def _dense_block_bwd(layout, ops, residuals, g):
     feats, pack = residuals  # every array here is in the block's compute dtype, the biases too
     layers = len(feats)
-    keep = interior(layout, jnp.arange(layout.rows, dtype=jnp.int32))[:, None]
     dz = [None] * layers  # gradients of each layer's pre-activation
-    dz[-1] = ops.operand(jnp.where(keep, g, 0).astype(g.dtype))
+    dz[-1] = ops.operand(g)  # zero outside the pixels (dense_block_flat's docstring)
     for j in range(layers - 1, 0, -1):  # feats[j] is layer j-1's output, read by layers j..end
         later = range(j, layers)
-        dz[j - 1] = ops.conv([dz[k] for k in later], pack, [f"t{k}.{j}" for k in later], layout, "leaky_grad", feats[j])
-    dx = ops.conv(dz, pack, [f"t{k}.0" for k in range(layers)], layout, "none")
+        dz[j - 1] = ops.conv(
+            [dz[k] for k in later], pack, [f"w{k}.{j}" for k in later], layout, "leaky_grad", feats[j], transpose=True
+        )
+    dx = ops.conv(dz, pack, [f"w{k}.0" for k in range(layers)], layout, "none", transpose=True)
     kernel_grads, bias_grads = [], []
     for k in range(layers):
         grads, bias_grad = ops.weight_grad(feats[: k + 1], dz[k], layout)

@@ -94,24 +94,31 @@ def operand(a: jax.Array, dtype) -> jax.Array:
 
 @needs_gpu
 @pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-3), (jnp.bfloat16, 1e-2)])
-@pytest.mark.parametrize("epilogue", ["bias", "bias_leaky", "none", "leaky_grad"])
+@pytest.mark.parametrize(  # the forward convolutions with their epilogues, the transposed ones with theirs
+    "epilogue, transpose",
+    [("bias", False), ("bias_leaky", False), ("none", False), ("none", True), ("leaky_grad", True)],
+)
+@pytest.mark.parametrize("cout", [16, 32])
 @pytest.mark.parametrize("shape", [(2, 8, 62), (1, 9, 13), (2, 17, 130)])  # line widths of 4, 3 and 5 m16 tiles
-def test_conv_matches_xla(shape, epilogue, dtype, tolerance):
-    """Three inputs (16, 32, 32 channels) -> 32 channels, against float32 XLA convolutions at full precision on the
-    same operands; float32 feature maps and their gradients are stored as TF32 values."""
+def test_conv_matches_xla(shape, cout, epilogue, transpose, dtype, tolerance):
+    """Three inputs (16, 32, 32 channels) -> cout channels, against float32 XLA convolutions at full precision on
+    the same operands; float32 feature maps and their gradients are stored as TF32 values. A transposed
+    convolution's kernel (9, cout, c) is the convolution's with its taps reversed and channel axes swapped."""
     layout = dk.FlatLayout(*shape)
-    channels, cout = (16, 32, 32), 32
+    channels = (16, 32, 32)
     xs = [operand(normal(*shape, c), dtype) for c in channels]
-    ks = [operand(normal(3, 3, c, cout, scale=0.1), dtype) for c in channels]
+    kernel_shapes = [(3, 3, cout, c) if transpose else (3, 3, c, cout) for c in channels]
+    ks = [operand(normal(*s, scale=0.1), dtype) for s in kernel_shapes]
     bias, act = operand(normal(cout), dtype), operand(normal(*shape, cout), dtype)
+    hwio = [k[::-1, ::-1].swapaxes(2, 3) if transpose else k for k in ks]
     with jax.default_matmul_precision("highest"):
-        ref = conv3x3(jnp.concatenate(xs, -1), jnp.concatenate(ks, 2), jnp.float32)
+        ref = conv3x3(jnp.concatenate(xs, -1), jnp.concatenate(hwio, 2), jnp.float32)
     ref = ref + bias if epilogue in ("bias", "bias_leaky") else ref
     if epilogue == "bias_leaky":
         ref = jax.nn.leaky_relu(ref, dk.SLOPE)
     if epilogue == "leaky_grad":
         ref = jnp.where(act >= 0, ref, dk.SLOPE * ref)
-    kernels = [jnp.swapaxes(k.reshape(9, c, cout), 1, 2).astype(dtype) for k, c in zip(ks, channels, strict=True)]
+    kernels = [k.reshape(9, *k.shape[2:]).astype(dtype) for k in ks]
     pack = dk.WeightPack.of({"k0": kernels[0], "bias": bias.astype(dtype), "k1": kernels[1], "k2": kernels[2]})
     extra = {"bias": "bias", "bias_leaky": "bias", "none": None}.get(
         epilogue, dk.to_flat(act.astype(dtype), layout, cout)
@@ -123,6 +130,7 @@ def test_conv_matches_xla(shape, epilogue, dtype, tolerance):
         layout,
         epilogue,
         extra,
+        transpose,
     )
     out = dk.from_flat(flat, layout, cout).astype(jnp.float32)
     assert float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref)) < tolerance
@@ -169,18 +177,18 @@ def test_vmapped_calls_compute_each_member_as_a_separate_call(epilogue, dtype):
     layout = dk.FlatLayout(2, 8, 62)
     shared = dk.to_flat(normal(2, 8, 62, 16).astype(dtype), layout, 16)
     own = jnp.stack([dk.to_flat(normal(2, 8, 62, 32).astype(dtype), layout, 32) for _ in range(2)])
-    k0, k1 = normal(2, 9, 32, 16, scale=0.1).astype(dtype), normal(2, 9, 32, 32, scale=0.1).astype(dtype)
-    extra = normal(2, 32) if epilogue == "bias_leaky" else own[:, :, ::-1].astype(jnp.float32)
+    forward = epilogue == "bias_leaky"  # a forward convolution, or (leaky_grad) a transposed one
+    k0 = normal(2, 9, *((16, 32) if forward else (32, 16)), scale=0.1)
+    k1 = normal(2, 9, 32, 32, scale=0.1)
+    extra = normal(2, 32) if forward else own[:, :, ::-1].astype(jnp.float32)
     shared, own, k0, k1, extra = (cuda_kernels.tf32_operand(a.astype(dtype)) for a in (shared, own, k0, k1, extra))
 
     def conv(x1, k0, k1, extra):  # the pack is built in the vmapped function: one buffer a member
-        if epilogue == "bias_leaky":
-            return cuda_kernels.conv(
-                [shared, x1], dk.WeightPack.of({"k0": k0, "k1": k1, "b": extra}), ["k0", "k1"], layout, epilogue, "b"
-            )
-        return cuda_kernels.conv(
-            [shared, x1], dk.WeightPack.of({"k0": k0, "k1": k1}), ["k0", "k1"], layout, epilogue, extra
-        )
+        if forward:
+            pack = dk.WeightPack.of({"k0": k0, "k1": k1, "b": extra})
+            return cuda_kernels.conv([shared, x1], pack, ["k0", "k1"], layout, epilogue, "b")
+        pack = dk.WeightPack.of({"k0": k0, "k1": k1})
+        return cuda_kernels.conv([shared, x1], pack, ["k0", "k1"], layout, epilogue, extra, transpose=True)
 
     def partials(x1, g):
         return cuda_kernels.weight_grad_partials([shared, x1], g, layout)
@@ -253,7 +261,7 @@ def test_dense_block_value_and_gradients_as_accurate_as_pallas(c_in, features):
 def test_full_float32_precision_goes_to_the_pallas_kernel():
     """The kernel's float32 products are TF32; asked for full float32, the Pallas kernel computes instead."""
     layout = dk.FlatLayout(2, 8, 62)
-    x, k = dk.to_flat(normal(2, 8, 62, 16), layout, 16), normal(9, 32, 16, scale=0.1)
+    x, k = dk.to_flat(normal(2, 8, 62, 16), layout, 16), normal(9, 16, 32, scale=0.1)
     pack = dk.WeightPack.of({"k": k})
     with jax.default_matmul_precision("highest"):
         exact = cuda_kernels.conv([x], pack, ["k"], layout, "none")

@@ -60,10 +60,7 @@ def test_conv_of_two_inputs_matches_xla(epilogue):
         ref = ref + bias
     if epilogue == "bias_leaky":
         ref = jax.nn.leaky_relu(ref, dk.SLOPE)
-    # (9, cout, c_i) kernels, the bias between them
-    pack = dk.WeightPack.of(
-        {"a": jnp.swapaxes(ka.reshape(9, 16, 16), 1, 2), "bias": bias, "b": jnp.swapaxes(kb.reshape(9, 32, 16), 1, 2)}
-    )
+    pack = dk.WeightPack.of({"a": ka.reshape(9, 16, 16), "bias": bias, "b": kb.reshape(9, 32, 16)})  # bias between
     flat = dk.conv(
         [dk.to_flat(a, layout, 16), dk.to_flat(b, layout, 32)],
         pack,
@@ -75,6 +72,18 @@ def test_conv_of_two_inputs_matches_xla(epilogue):
     chex.assert_trees_all_close(dk.from_flat(flat, layout, 16), ref, atol=1e-4, rtol=1e-5)
     keep = np.asarray(dk.interior(layout, jnp.arange(layout.rows)))
     assert not np.any(np.asarray(flat)[~keep]), "the output stays zero outside the pixels"
+
+
+def test_transposed_conv_is_the_input_gradient():
+    """transpose: the convolution's gradient with respect to its input, from the same HWIO kernels (the backward)."""
+    layout = dk.FlatLayout(2, 6, 5, block=16)
+    x, g = normal(2, 6, 5, 32), normal(2, 6, 5, 16)
+    k1, k2 = normal(3, 3, 32, 16), normal(3, 3, 32, 16)
+    _, vjp = jax.vjp(lambda x: conv3x3(x, k1, jnp.float32) + conv3x3(x, k2, jnp.float32), x)
+    pack = dk.WeightPack.of({"k1": k1.reshape(9, 32, 16), "k2": k2.reshape(9, 32, 16)})
+    g_flat = dk.to_flat(g, layout, 16)
+    flat = dk.conv([g_flat, g_flat], pack, ["k1", "k2"], layout, "none", transpose=True)
+    chex.assert_trees_all_close(dk.from_flat(flat, layout, 32), vjp(g)[0], atol=1e-4, rtol=1e-5)
 
 
 @pytest.mark.parametrize("programs", [32, 2])  # 7 blocks: one a program, or chunks of 3 (the last past the images)
