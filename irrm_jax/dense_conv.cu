@@ -218,7 +218,8 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
   // Epilogue: accumulator element q of (m, j) is pixel m * 16 + lane / 4 + 8 * (q / 2), channel j * 8 + 2 * (lane % 4)
   // + q % 2. The epilogue's operand is read ahead of the stores that follow it: as far as the compiler knows a store
   // may alias it, so a load after a store waits for it, and loads between the stores made a chain of memory round
-  // trips (the bias's from L1 once read, the activations' from L2 or HBM: a line of 16-channel pairs a round trip).
+  // trips (the bias's from L1 once read, the activations' from L2 or HBM). The activations of m tile m + 1 are
+  // loaded before tile m's stores, so that one tile's round trip overlaps the previous tile's work.
   const int line = line0 + warp;
   if (line >= p.lines) return;
   const int y = line % p.h2;
@@ -230,19 +231,21 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
 #pragma unroll
     for (int j = 0; j < NT / 8; ++j) load_pair(extra + n0 + j * 8 + 2 * (lane & 3), bias[j][0], bias[j][1]);
   }
+  float act[2][2][NT / 8][2];  // kLeakyGrad: the layer's activations at two m tiles' outputs (both halves each)
+  auto load_activations = [&](int m, float (&a)[2][NT / 8][2]) {
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const int col = col0 + m * 16 + (lane >> 2) + 8 * half;
+      const long long row = p.margin + (long long)line * p.w2 + min(col, p.w2 - 1);
+#pragma unroll
+      for (int j = 0; j < NT / 8; ++j)
+        load_pair(extra + row * p.cout + n0 + j * 8 + 2 * (lane & 3), a[half][j][0], a[half][j][1]);
+    }
+  };
+  if (EPI == kLeakyGrad) load_activations(0, act[0]);
 #pragma unroll
   for (int m = 0; m < MT; ++m) {
-    float act[2][NT / 8][2];  // kLeakyGrad: the layer's activations at this m tile's outputs, both halves
-    if (EPI == kLeakyGrad) {
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        const int col = col0 + m * 16 + (lane >> 2) + 8 * half;
-        const long long row = p.margin + (long long)line * p.w2 + min(col, p.w2 - 1);
-#pragma unroll
-        for (int j = 0; j < NT / 8; ++j)
-          load_pair(extra + row * p.cout + n0 + j * 8 + 2 * (lane & 3), act[half][j][0], act[half][j][1]);
-      }
-    }
+    if (EPI == kLeakyGrad && m + 1 < MT) load_activations(m + 1, act[(m + 1) % 2]);
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
       const int col = col0 + m * 16 + (lane >> 2) + 8 * half;
@@ -257,7 +260,7 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
         for (int e = 0; e < 2; ++e) {
           if (EPI == kBias || EPI == kBiasLeaky) v[e] += bias[j][e];
           if (EPI == kBiasLeaky) v[e] = v[e] >= 0.f ? v[e] : kSlope * v[e];
-          if (EPI == kLeakyGrad) v[e] = act[half][j][e] >= 0.f ? v[e] : kSlope * v[e];
+          if (EPI == kLeakyGrad) v[e] = act[m % 2][half][j][e] >= 0.f ? v[e] : kSlope * v[e];
           if (sizeof(T) == 4 && (EPI == kBiasLeaky || EPI == kLeakyGrad)) v[e] = to_tf32(v[e]);  // read by kernels only
           if (!inside) v[e] = 0.f;
         }
