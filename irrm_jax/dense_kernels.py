@@ -195,6 +195,14 @@ class WeightPack:
 
     @classmethod
     def of(cls, arrays: dict[str, jax.Array]) -> "WeightPack":
+        """The arrays packed in the order given.
+
+        Raises:
+          ValueError: for arrays of different dtypes (the buffer holds them as they are, unconverted).
+        """
+        dtypes = {name: a.dtype for name, a in arrays.items()}
+        if len(set(dtypes.values())) > 1:
+            raise ValueError(f"a WeightPack holds arrays of one dtype, got {dtypes}")
         slots, offset = [], 0
         for name, a in arrays.items():
             slots.append((name, offset, tuple(a.shape)))

@@ -45,6 +45,8 @@ def test_weight_pack_holds_its_arrays_one_after_another():
     chex.assert_trees_all_equal(pack["b"], b)
     with pytest.raises(KeyError, match="no array 'c' in the pack"):
         pack.slot("c")
+    with pytest.raises(ValueError, match="one dtype"):
+        dk.WeightPack.of({"a": a, "b": b.astype(jnp.bfloat16)})
     leaves, treedef = jax.tree.flatten(pack)
     assert len(leaves) == 1 and jax.tree.unflatten(treedef, leaves).slots == pack.slots, "a pytree of one array"
 
