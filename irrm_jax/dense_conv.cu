@@ -26,7 +26,7 @@ enum Epilogue { kNone = 0, kBias = 1, kBiasLeaky = 2, kLeakyGrad = 3 };
 
 struct Params {
   const char* x[kMaxInputs];  // flat inputs (rows, c[i])
-  const char* w[kMaxInputs];  // (9 * cout, c[i]) each, in the weight pack
+  const char* w[kMaxInputs];  // input i's kernel in the weight pack: (9, c[i], cout), transposed (9, cout, c[i])
   int c[kMaxInputs];
   int n_inputs;
   const char* extra;  // bias (cout,) or the activation (rows, cout) for kLeakyGrad
@@ -169,8 +169,8 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
     cp_async_wait<kStages - 2>();
     __syncthreads();
     if (s + kStages - 1 < total) {
-      load_stage<T, NT, MT, TRANS>(p, load_input, load_chunk, smem + ((s + kStages - 1) % kStages) * stage_bytes<NT, MT>(), line0,
-                        col0, n0);
+      const uint32_t next = smem + ((s + kStages - 1) % kStages) * stage_bytes<NT, MT>();
+      load_stage<T, NT, MT, TRANS>(p, load_input, load_chunk, next, line0, col0, n0);
       advance(load_input, load_chunk);
     }
     cp_async_commit();
