@@ -168,7 +168,7 @@ def conv(
     if not _check(inputs[0].dtype):
         return dense_kernels.conv(inputs, pack, kernels, layout, epilogue, extra, transpose)
     cout = pack.slot(kernels[0])[1][1 if transpose else 2]
-    bias = epilogue in ("bias", "bias_leaky")
+    bias = epilogue in dense_kernels.BIAS_EPILOGUES
     call = jax.ffi.ffi_call(
         "irrm_dense_conv", jax.ShapeDtypeStruct((layout.rows, cout), inputs[0].dtype), vmap_method=VMAP_METHOD
     )

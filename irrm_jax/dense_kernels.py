@@ -41,6 +41,7 @@ from jax.sharding import PartitionSpec
 from irrm_jax.parallel import DATA_AXIS
 
 SLOPE = 0.2  # LeakyReLU's negative slope in IRN's DenseBlock
+BIAS_EPILOGUES = ("bias", "bias_leaky")  # the convolution epilogues that add a bias from the weight pack
 BLOCK_ROWS = 64  # rows (pixels) one kernel program computes
 NUM_WARPS = 2  # Triton: warps per program
 NUM_STAGES = 3  # Triton: software-pipelining depth of the loops over taps and blocks
@@ -166,7 +167,7 @@ def _conv_kernel(*refs, layout: FlatLayout, n_inputs: int, epilogue: str):
                 return acc + jax.lax.dot_general(x, w, _CONTRACT_LAST, preferred_element_type=acc_dtype)
 
             acc = jax.lax.fori_loop(0, 9, add_tap, acc)
-        if epilogue in ("bias", "bias_leaky"):
+        if epilogue in BIAS_EPILOGUES:
             acc += extra[0][...].astype(acc_dtype)[None, :]
         if epilogue == "bias_leaky":
             acc = jax.nn.leaky_relu(acc, SLOPE)
@@ -247,7 +248,7 @@ def conv(
     matrices = [pack[k][::-1] if transpose else jnp.swapaxes(pack[k], 1, 2) for k in kernels]
     cout = matrices[0].shape[1]
     operands = [*inputs, *(m.reshape(9 * cout, -1) for m in matrices)]
-    operands += [pack[extra]] if epilogue in ("bias", "bias_leaky") else [] if extra is None else [extra]
+    operands += [pack[extra]] if epilogue in BIAS_EPILOGUES else [] if extra is None else [extra]
     kernel = functools.partial(_conv_kernel, layout=layout, n_inputs=len(inputs), epilogue=epilogue)
     out_shape = jax.ShapeDtypeStruct((layout.rows, cout), inputs[0].dtype)
     name = f"dense_conv_{epilogue}_{layout.h}x{layout.w}"  # names the Triton kernel in profiles
