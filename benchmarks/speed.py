@@ -17,8 +17,9 @@ one `--roundtrip` image.
 
 Variants (joined with '+'): plain (float32, TF32 convs on NVIDIA as cuDNN's default), bf16 (bfloat16
 sub-networks), pad8 (sub-network channels padded to multiples of 8), fuse (G and H evaluated together),
-outward (each new DenseBlock feature map convolved once into all later convs), pallas (DenseBlocks as Pallas GPU
-kernels, `irrm_jax.dense_kernels`), cuda (pallas with the kernels in CUDA, `irrm_jax.cuda_kernels`).
+outward (each new DenseBlock feature map convolved once into all later convs), pallas (the sub-networks, DenseBlocks
+or Enhanced Blocks, as Pallas GPU kernels, `irrm_jax.dense_kernels`), cuda (pallas with the kernels in CUDA,
+`irrm_jax.cuda_kernels`).
 'plain' is the project's first version; every option is off in it. Prints a Markdown table and writes JSON.
 Timings: median over `--repeats` runs of `--steps` calls each, after a warm-up. Training step: compile time is
 tracing, lowering and compiling (ahead of time); step memory is the compiled step's peak device memory per device

@@ -31,9 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.channel_multiple = 8
     config.model.fuse_gh = False
     config.model.dense_outward = False
-    # IRN's DenseBlocks as Pallas GPU kernels (irrm_jax.dense_kernels; Triton on GPUs, an interpreter elsewhere);
-    # dense_cuda: the same with their kernels in CUDA (irrm_jax.cuda_kernels; NVIDIA GPUs, nvcc). With dense_cuda
-    # set fuse_gh too: G and H then run as one call of each kernel (IRN x4 step on an H100 10% faster in bfloat16).
+    # The sub-networks (IRN's DenseBlocks, IRRM's Enhanced Blocks) as Pallas GPU kernels (irrm_jax.dense_kernels,
+    # enhanced_kernels; Triton on GPUs, an interpreter elsewhere); dense_cuda: the same with the kernels in CUDA
+    # (irrm_jax.cuda_kernels; NVIDIA GPUs, nvcc). With dense_cuda set fuse_gh too: G and H then run as one call of
+    # each kernel (IRN x4 step on an H100 10% faster in bfloat16).
     config.model.dense_pallas = False
     config.model.dense_cuda = False
     # irrm_jax.models.RescalerConfig fields that replace the variant's; None keeps the variant's value.

@@ -397,9 +397,47 @@ def _dense_block_bwd(layout, ops, residuals, g):
 dense_block_flat.defvjp(_dense_block_fwd, _dense_block_bwd)
 
 
-def padded_channels(c: int) -> int:
-    """The channel count a kernel works with: the next power of two, at least 16."""
-    return max(16, pl.next_power_of_2(c))
+def padded_channels(c: int, cuda: bool = False) -> int:
+    """The channel count the kernels work with: the next power of two, at least 16 (Triton's blocks); with ``cuda``
+    (the CUDA kernels' 32-byte rows and 16-channel tiles) the next multiple of 16."""
+    return -(-c // 16) * 16 if cuda else max(16, pl.next_power_of_2(c))
+
+
+def kernel_ops(cuda: bool) -> Ops:
+    """The kernels a block runs on: `irrm_jax.cuda_kernels.CUDA` or `PALLAS`."""
+    if cuda:
+        from irrm_jax import cuda_kernels  # imports this module
+
+        return cuda_kernels.CUDA
+    return PALLAS
+
+
+def flat_kernels(kernel: jax.Array, inputs: Sequence[int], padded: Sequence[int], cout: int, dtype) -> tuple:
+    """An HWIO kernel (3, 3, sum(inputs), c) as the flat kernels read it: one (9, padded[i], cout) part an input,
+    zero-padded, in dtype."""
+    kernel = kernel.reshape(9, -1, kernel.shape[-1])
+    kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, cout - kernel.shape[-1])))
+    starts = [sum(inputs[:i]) for i in range(len(inputs))]
+    return tuple(
+        jnp.pad(kernel[:, a : a + c], ((0, 0), (0, p - c), (0, 0))).astype(dtype)
+        for a, c, p in zip(starts, inputs, padded, strict=True)
+    )
+
+
+def flat_bias(bias: jax.Array, cout: int, dtype) -> jax.Array:
+    return jnp.pad(bias, (0, cout - bias.shape[0])).astype(dtype)
+
+
+def per_device(block: Callable, x: jax.Array, kernels: Sequence, biases: Sequence) -> jax.Array:
+    """``block(x, kernels, biases)``; under an abstract mesh with a 'data' axis, on each device's part of the batch
+    (`jax.shard_map`: XLA cannot split a kernel call over a sharded batch)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if DATA_AXIS in mesh.axis_names and mesh.shape[DATA_AXIS] > 1:
+        data, same = PartitionSpec(DATA_AXIS), PartitionSpec()
+        # check_vma=False: pallas_call's outputs carry no per-device variance
+        run = jax.shard_map(block, in_specs=(data, same, same), out_specs=data, check_vma=False)
+        return run(x, list(kernels), list(biases))
+    return block(x, kernels, biases)
 
 
 def dense_block(
@@ -414,17 +452,7 @@ def dense_block(
     growth = kernels[0].shape[-1]
     if growth != padded_channels(growth):
         raise ValueError(f"dense_pallas needs a growth that is a power of two >= 16, got {growth}.")
-    mesh = jax.sharding.get_abstract_mesh()
-    if DATA_AXIS in mesh.axis_names and mesh.shape[DATA_AXIS] > 1:
-        data, same = PartitionSpec(DATA_AXIS), PartitionSpec()
-        per_device = jax.shard_map(  # check_vma=False: pallas_call's outputs carry no per-device variance
-            functools.partial(_dense_block_on_device, dtype=dtype, cuda=cuda),
-            in_specs=(data, same, same),
-            out_specs=data,
-            check_vma=False,
-        )
-        return per_device(x, list(kernels), list(biases))
-    return _dense_block_on_device(x, kernels, biases, dtype, cuda)
+    return per_device(functools.partial(_dense_block_on_device, dtype=dtype, cuda=cuda), x, kernels, biases)
 
 
 def _dense_block_on_device(x, kernels, biases, dtype, cuda):
@@ -432,22 +460,11 @@ def _dense_block_on_device(x, kernels, biases, dtype, cuda):
     growth, features = kernels[0].shape[-1], kernels[-1].shape[-1]
     layout = FlatLayout(n, h, w, BLOCK_ROWS)
     c_x, c_out = padded_channels(c_in), padded_channels(features)
-    flat_kernels = []
-    for k, kernel in enumerate(kernels):
-        cout = kernel.shape[-1]
-        kernel = jnp.pad(
-            kernel.reshape(9, -1, cout), ((0, 0), (0, 0), (0, (c_out if k == len(kernels) - 1 else cout) - cout))
-        )
-        parts = [jnp.pad(kernel[:, :c_in], ((0, 0), (0, c_x - c_in), (0, 0)))]
-        parts += [kernel[:, c_in + j * growth : c_in + (j + 1) * growth] for j in range(k)]
-        flat_kernels.append(tuple(p.astype(dtype) for p in parts))
-    flat_biases = [b.astype(dtype) for b in biases[:-1]] + [jnp.pad(biases[-1], (0, c_out - features)).astype(dtype)]
-    if cuda:
-        from irrm_jax import cuda_kernels  # imports this module
-
-        ops = cuda_kernels.CUDA
-    else:
-        ops = PALLAS
-    flat_x = to_flat(x.astype(dtype), layout, c_x)
-    out = dense_block_flat(layout, ops, flat_x, tuple(flat_kernels), tuple(flat_biases))
+    last = len(kernels) - 1
+    flat = tuple(
+        flat_kernels(kernel, [c_in] + [growth] * k, [c_x] + [growth] * k, c_out if k == last else growth, dtype)
+        for k, kernel in enumerate(kernels)
+    )
+    biases = tuple(flat_bias(b, c_out if k == last else growth, dtype) for k, b in enumerate(biases))
+    out = dense_block_flat(layout, kernel_ops(cuda), to_flat(x.astype(dtype), layout, c_x), flat, biases)
     return from_flat(out, layout, features)

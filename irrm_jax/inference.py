@@ -58,12 +58,13 @@ def add_dense_pallas_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dense-pallas",
         action="store_true",
-        help="run IRN's DenseBlocks as Pallas kernels (same results; faster on NVIDIA GPUs, slow elsewhere)",
+        help="run the sub-networks (IRN's DenseBlocks, IRRM's Enhanced Blocks) as Pallas kernels (same results; faster "
+        "on NVIDIA GPUs, slow elsewhere)",
     )
     parser.add_argument(
         "--dense-cuda",
         action="store_true",
-        help="--dense-pallas with the DenseBlocks' kernels in CUDA, each coupling's G and H as one call (same results; "
+        help="--dense-pallas with the kernels in CUDA, each coupling's G and H as one call (same results; "
         "NVIDIA H100/H200, built with nvcc on first use; the fastest for large images)",
     )
 
@@ -86,9 +87,10 @@ def load_model_and_params(
       scale: the expected scale; a mismatch with the checkpoint raises.
       compute_dtype: the sub-network compute dtype of the rebuilt model (default: the training config's, float32
         for IRN state dicts).
-      dense_pallas: run IRN's DenseBlocks as Pallas GPU kernels (`irrm_jax.dense_kernels`; the same function);
+      dense_pallas: run the sub-networks as Pallas GPU kernels (`irrm_jax.dense_kernels`, `enhanced_kernels`; the
+        same function);
         None keeps the training config's choice (off for IRN state dicts).
-      dense_cuda: ``dense_pallas`` with the DenseBlocks' kernels in CUDA (`irrm_jax.cuda_kernels`) and each
+      dense_cuda: ``dense_pallas`` with the kernels in CUDA (`irrm_jax.cuda_kernels`) and each
         coupling's G and H as one call of each kernel (`irrm_jax.models.with_dense_cuda`); None likewise.
 
     Returns:

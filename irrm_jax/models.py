@@ -104,8 +104,9 @@ class InvertibleRescaler(nn.Module):
       fuse_gh: speed option: evaluate each coupling's G and H together (see `coupling`): with ``dense_cuda`` one call
         of each kernel for both (faster); with XLA's convolutions grouped ones (slower: benchmarks/NOTES.md).
       dense_outward: speed option: DenseBlocks convolve each feature map once into all later convs (see `subnets`).
-      dense_pallas: speed option: DenseBlocks run as Pallas GPU kernels (see `dense_kernels`).
-      dense_cuda: speed option: ``dense_pallas`` with the DenseBlocks' convolutions and kernel gradients in CUDA
+      dense_pallas: speed option: the sub-networks (DenseBlocks or Enhanced Blocks) run as Pallas GPU kernels (see
+        `dense_kernels`, `enhanced_kernels`).
+      dense_cuda: speed option: ``dense_pallas`` with the sub-networks' convolutions and kernel gradients in CUDA
         (`cuda_kernels`; NVIDIA GPUs, bfloat16 or float32). Implies ``dense_pallas``.
     The speed options change neither the function nor the parameters.
     """
@@ -135,7 +136,9 @@ class InvertibleRescaler(nn.Module):
                 **speed,
             )
         else:
-            subnet = functools.partial(EnhancedBlock, width=cfg.nf, n_res=cfg.n_res, **speed)
+            subnet = functools.partial(
+                EnhancedBlock, width=cfg.nf, n_res=cfg.n_res, pallas=self.dense_pallas, cuda=self.dense_cuda, **speed
+            )
         ops = []
         if cfg.haar_mode == "upfront":
             ops += [HaarLevel() for _ in range(cfg.levels)]
@@ -263,10 +266,9 @@ def build_model(
 
 
 def with_dense_cuda(model: InvertibleRescaler) -> InvertibleRescaler:
-    """The model with its DenseBlocks' kernels in CUDA (``dense_cuda``) and, where it has DenseBlocks, each coupling's
-    G and H as one call of each kernel (``fuse_gh``: faster with those kernels; IRRM's Enhanced Blocks would become
-    XLA's slower grouped convolutions, so it stays as it was there). The same function."""
-    return model.clone(dense_cuda=True, fuse_gh=model.fuse_gh or model.config.subnet == "dense")
+    """The model with its sub-networks' kernels in CUDA (``dense_cuda``) and each coupling's G and H as one call of
+    each kernel (``fuse_gh``, faster with those kernels). The same function."""
+    return model.clone(dense_cuda=True, fuse_gh=True)
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from irrm_jax import dense_kernels
+from irrm_jax import dense_kernels, enhanced_kernels
 
 # PyTorch's xavier_normal_ (untruncated normal, std = sqrt(2 / (fan_in + fan_out))) scaled by 0.1, as IRN
 # initialises conv1..conv4: variance 0.01 / fan_avg. JAX's glorot_normal would draw from a truncated normal.
@@ -167,6 +167,10 @@ class EnhancedBlock(nn.Module):
       n_res: number of residual units (each two 3x3 convs and a short skip).
       dtype: compute dtype of the convolutions.
       channel_multiple: pad the input and the output to this channel multiple.
+      pallas: speed option (same function and parameters): run the block on the DenseBlock's Pallas GPU kernels
+        (`irrm_jax.enhanced_kernels`). Ignores ``channel_multiple``.
+      cuda: speed option: ``pallas`` with the CUDA kernels (`irrm_jax.cuda_kernels`; NVIDIA GPUs, bfloat16 or
+        float32). Implies ``pallas``.
     """
 
     features: int
@@ -174,21 +178,27 @@ class EnhancedBlock(nn.Module):
     n_res: int = 1
     dtype: Any = jnp.float32
     channel_multiple: int = 1
+    pallas: bool = False
+    cuda: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         c_in = x.shape[-1]
-        x, zero_channels = pad_channels(x, self.channel_multiple, self.dtype)
-        h = Conv3x3(self.width, c_in, self.dtype, zero_channels=zero_channels, name="conv_in")(x)
+        kernels = self.pallas or self.cuda
+        multiple = 1 if kernels else self.channel_multiple
+        x, zero_channels = pad_channels(x, multiple, self.dtype)
+        convs = [Conv3x3(self.width, c_in, self.dtype, zero_channels=zero_channels, name="conv_in")]
         for i in range(self.n_res):
-            r = nn.leaky_relu(Conv3x3(self.width, self.width, self.dtype, name=f"res{i}_conv_a")(h), 0.2)
-            h = h + Conv3x3(self.width, self.width, self.dtype, name=f"res{i}_conv_b")(r)
-        out = Conv3x3(
-            self.features,
-            self.width,
-            self.dtype,
-            zero_init=True,
-            channel_multiple=self.channel_multiple,
-            name="conv_out",
+            convs.append(Conv3x3(self.width, self.width, self.dtype, name=f"res{i}_conv_a"))
+            convs.append(Conv3x3(self.width, self.width, self.dtype, name=f"res{i}_conv_b"))
+        convs.append(
+            Conv3x3(self.features, self.width, self.dtype, zero_init=True, channel_multiple=multiple, name="conv_out")
         )
-        return out(nn.leaky_relu(h, 0.2))
+        if kernels:
+            return enhanced_kernels.enhanced_block(
+                x, [c.kernel for c in convs], [c.bias for c in convs], self.dtype, cuda=self.cuda
+            )
+        h = convs[0](x)
+        for i in range(self.n_res):
+            h = h + convs[2 * i + 2](nn.leaky_relu(convs[2 * i + 1](h), 0.2))
+        return convs[-1](nn.leaky_relu(h, 0.2))

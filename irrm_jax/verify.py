@@ -132,8 +132,9 @@ def verify(
       images: HxWx3 float arrays in [0, 1] with sides divisible by scale; None draws random images.
       seed: for the random weights and images.
       size, batch: size and count of the random images.
-      dense_pallas: run IRN's DenseBlocks as Pallas kernels (`irrm_jax.dense_kernels`) instead of XLA convolutions.
-      dense_cuda: ``dense_pallas`` with the DenseBlocks' kernels in CUDA and each coupling's G and H as one call
+      dense_pallas: run the sub-networks as Pallas kernels (`irrm_jax.dense_kernels`, `enhanced_kernels`) instead of
+        XLA convolutions.
+      dense_cuda: ``dense_pallas`` with the kernels in CUDA and each coupling's G and H as one call
         (`irrm_jax.models.with_dense_cuda`, as `irrm_jax.inference` runs them) in the float32 passes (the float64
         one uses the Pallas kernels: the CUDA kernels have no float64).
 
@@ -210,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     images = _load_images(args.images, config.scale, args.max_size) if args.images else None
     results = verify(config, params, images, args.seed, args.size, args.batch, args.dense_pallas, args.dense_cuda)
     source = f"{len(images)} images from {args.images}" if images else f"{args.batch} random images"
-    blocks = ", CUDA DenseBlock kernels" if args.dense_cuda else ", Pallas DenseBlocks"
+    blocks = ", CUDA sub-network kernels" if args.dense_cuda else ", Pallas sub-network kernels"
     print(f"{name} x{config.scale}, {weights}, {source}" + (blocks if args.dense_pallas or args.dense_cuda else ""))
     print("| precision | max abs error | mean abs error | tolerance |\n|---|---|---|---|")
     tolerances = dict(zip(PRECISIONS, (args.tolerance, args.default_tolerance, FLOAT64_TOLERANCE), strict=True))

@@ -14,7 +14,7 @@ import pytest
 from irrm_jax import cuda_kernels
 from irrm_jax import dense_kernels as dk
 from irrm_jax.models import build_model
-from irrm_jax.subnets import DenseBlock, conv3x3
+from irrm_jax.subnets import DenseBlock, EnhancedBlock, conv3x3
 from irrm_jax.verify import random_nonzero_params
 
 ON_GPU = jax.default_backend() == "gpu"
@@ -98,7 +98,7 @@ def operand(a: jax.Array, dtype) -> jax.Array:
     "epilogue, transpose",
     [("bias", False), ("bias_leaky", False), ("none", False), ("none", True), ("leaky_grad", True)],
 )
-@pytest.mark.parametrize("cout", [16, 32])
+@pytest.mark.parametrize("cout", [16, 32, 48])  # one or two column tiles of 16 or 32 (48: IRRM-L's width)
 @pytest.mark.parametrize("shape", [(2, 8, 62), (1, 9, 13), (2, 17, 130)])  # line widths of 4, 3 and 5 m16 tiles
 def test_conv_matches_xla(shape, cout, epilogue, transpose, dtype, tolerance):
     """Three inputs (16, 32, 32 channels) -> cout channels, against float32 XLA convolutions at full precision on
@@ -142,7 +142,7 @@ def test_conv_matches_xla(shape, cout, epilogue, transpose, dtype, tolerance):
 
 @needs_gpu
 @pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-4), (jnp.bfloat16, 1e-2)])
-@pytest.mark.parametrize("cout", [16, 32, 64])
+@pytest.mark.parametrize("cout", [16, 32, 48, 64])
 @pytest.mark.parametrize("shape", [(2, 8, 62), (1, 9, 13), (2, 5, 76)])  # tile lines of 64, 48 and 80 pixels
 @pytest.mark.parametrize("blocks", [1, cuda_kernels.WEIGHT_GRAD_BLOCKS])  # one block summing every tile, or many
 def test_weight_grad_matches_xla(blocks, shape, cout, dtype, tolerance, monkeypatch):
@@ -258,6 +258,34 @@ def test_dense_block_value_and_gradients_as_accurate_as_pallas(c_in, features):
 
 @needs_gpu
 @pytest.mark.filterwarnings(PALLAS_TRITON_DEPRECATED)
+@pytest.mark.parametrize("c_in, features, width", [(3, 9, 32), (45, 3, 48)])  # IRRM-M and IRRM-L x4's sub-networks
+def test_enhanced_block_value_and_gradients_as_accurate_as_pallas(c_in, features, width):
+    """As the DenseBlock's test, for IRRM's Enhanced Block (width 48: 48 channels on CUDA, 64 on Pallas)."""
+    x = normal(2, 12, 20, c_in)
+    blocks = {"xla": EnhancedBlock(features, width)}
+    blocks |= {"pallas": EnhancedBlock(features, width, pallas=True), "cuda": EnhancedBlock(features, width, cuda=True)}
+    params = jax.tree.map(lambda p: normal(*p.shape, scale=0.05), blocks["xla"].init(jax.random.key(0), x)["params"])
+    weights = normal(2, 12, 20, features)
+
+    def loss(block, params, x):
+        return jnp.sum(block.apply({"params": params}, x) * weights)
+
+    def value_and_grads(name):
+        out = blocks[name].apply({"params": params}, x)
+        return [out, *jax.tree.leaves(jax.grad(functools.partial(loss, blocks[name]), (0, 1))(params, x))]
+
+    with jax.default_matmul_precision("highest"):
+        want = value_and_grads("xla")
+    errors = {}
+    for name in ("pallas", "cuda"):
+        got = value_and_grads(name)
+        errors[name] = [float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) for a, b in zip(got, want, strict=True)]
+    for cuda, pallas in zip(errors["cuda"], errors["pallas"], strict=True):
+        assert cuda < max(2 * pallas, 2e-3), errors
+
+
+@needs_gpu
+@pytest.mark.filterwarnings(PALLAS_TRITON_DEPRECATED)
 def test_full_float32_precision_goes_to_the_pallas_kernel():
     """The kernel's float32 products are TF32; asked for full float32, the Pallas kernel computes instead."""
     layout = dk.FlatLayout(2, 8, 62)
@@ -272,13 +300,14 @@ def test_full_float32_precision_goes_to_the_pallas_kernel():
 
 
 @needs_gpu
+@pytest.mark.parametrize("name", ["irn", "irrm_s"])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_fused_g_and_h_are_the_same_model_in_fewer_calls(dtype):
-    """fuse_gh with dense_cuda: G and H run as one call of each kernel (the DenseBlock vmapped), y1 shared; the same
-    values and parameter gradients as the separate calls."""
+def test_fused_g_and_h_are_the_same_model_in_fewer_calls(dtype, name):
+    """fuse_gh with dense_cuda: G and H run as one call of each kernel (the sub-network vmapped), y1 shared; the
+    same values and parameter gradients as the separate calls."""
     x = jnp.asarray(RNG.uniform(size=(2, 16, 16, 3)), jnp.float32)
     models = [
-        build_model("irn", 2, blocks_per_level=(2,), dense_cuda=True, compute_dtype=dtype, fuse_gh=f)
+        build_model(name, 2, blocks_per_level=(2,), dense_cuda=True, compute_dtype=dtype, fuse_gh=f)
         for f in (False, True)
     ]
     params = random_nonzero_params(jax.eval_shape(models[0].init, jax.random.key(0), x)["params"], 3)

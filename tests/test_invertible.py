@@ -222,11 +222,10 @@ def conv_inputs(model, x):
     return seen
 
 
-def test_with_dense_cuda_fuses_g_and_h_where_there_are_dense_blocks():
-    irn = with_dense_cuda(tiny("irn", 2)())
-    assert irn.dense_cuda and irn.fuse_gh
-    irrm = with_dense_cuda(tiny("irrm_s", 2)())
-    assert irrm.dense_cuda and not irrm.fuse_gh, "Enhanced Blocks would become XLA's (slower) grouped convolutions"
+@pytest.mark.parametrize("name", ["irn", "irrm_s"])
+def test_with_dense_cuda_fuses_g_and_h(name):
+    model = with_dense_cuda(tiny(name, 2)())
+    assert model.dense_cuda and model.fuse_gh, "both sub-networks run G and H as one call of each kernel"
 
 
 def test_speed_options_are_active():

@@ -1,0 +1,117 @@
+"""IRRM's Enhanced Block on the DenseBlock's kernels (speed options ``dense_pallas`` / ``dense_cuda``): the same
+function and parameters as `subnets.EnhancedBlock`.
+
+Every convolution of the block (conv_in, each residual unit's conv_a and conv_b, conv_out) is one `dense_kernels`
+convolution on the flat layout with its bias (and conv_a's LeakyReLU) fused; the residual adds and the LeakyReLU
+before conv_out are elementwise XLA ops on the flat arrays (zero outside the pixels stays zero). The backward
+(`jax.custom_vjp`) is built from the same kernels: the transposed convolutions (LeakyReLU's backward fused) and the
+kernel gradients, the residual gradients added by XLA. With ``dense_cuda`` the float32 convolutions take TF32
+operands, as the DenseBlock's (`irrm_jax.cuda_kernels`): the residual stream itself stays float32, its copies read
+by the convolutions are rounded.
+"""
+
+import functools
+from collections.abc import Sequence
+
+import jax
+
+from irrm_jax.dense_kernels import (
+    BLOCK_ROWS,
+    SLOPE,
+    FlatLayout,
+    Ops,
+    WeightPack,
+    flat_bias,
+    flat_kernels,
+    from_flat,
+    kernel_ops,
+    padded_channels,
+    per_device,
+    to_flat,
+)
+
+
+def _pack(ops: Ops, kernels: tuple, biases: tuple) -> WeightPack:
+    """Convolution k's kernel as ``w{k}`` (9, c, cout), its bias as ``b{k}``; k = 0 conv_in, 2 i + 1 and 2 i + 2 unit
+    i's conv_a and conv_b, the last conv_out."""
+    arrays = {}
+    for k, (kernel, bias) in enumerate(zip(kernels, biases, strict=True)):
+        arrays |= {f"w{k}": ops.operand(kernel), f"b{k}": bias}
+    return WeightPack.of(arrays)
+
+
+def _forward(layout, ops, x, pack, units):
+    """The block's output and what its backward reads: the convolutions' inputs (as they read them), in order."""
+    inputs = [ops.operand(x)]
+    h = ops.conv(inputs[:1], pack, ["w0"], layout, "bias", "b0")
+    for i in range(units):
+        inputs.append(ops.operand(h))
+        inputs.append(ops.conv(inputs[-1:], pack, [f"w{2 * i + 1}"], layout, "bias_leaky", f"b{2 * i + 1}"))
+        h = h + ops.conv(inputs[-1:], pack, [f"w{2 * i + 2}"], layout, "bias", f"b{2 * i + 2}")
+    inputs.append(ops.operand(jax.nn.leaky_relu(h, SLOPE)))
+    last = 2 * units + 1
+    return ops.conv(inputs[-1:], pack, [f"w{last}"], layout, "bias", f"b{last}"), inputs
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def enhanced_block_flat(layout: FlatLayout, ops: Ops, x: jax.Array, kernels: tuple, biases: tuple) -> jax.Array:
+    """The Enhanced Block on a flat input: h = conv_in(x); per unit h = h + conv_b(LeakyReLU(conv_a(h))); out =
+    conv_out(LeakyReLU(h)); ``kernels`` (9, c, cout) and ``biases`` in that order (2 units + 2 of each). Computed by
+    ``ops`` (`dense_kernels.PALLAS` or `irrm_jax.cuda_kernels.CUDA`); the output's gradient must be zero outside the
+    pixels, like every flat array."""
+    return _forward(layout, ops, x, _pack(ops, kernels, biases), (len(kernels) - 2) // 2)[0]
+
+
+def _enhanced_block_fwd(layout, ops, x, kernels, biases):
+    pack = _pack(ops, kernels, biases)
+    out, inputs = _forward(layout, ops, x, pack, (len(kernels) - 2) // 2)
+    return out, (inputs, pack)
+
+
+def _enhanced_block_bwd(layout, ops, residuals, g):
+    inputs, pack = residuals
+    units, last = (len(inputs) - 2) // 2, len(inputs) - 1
+    grads = [None] * len(inputs)  # the gradients of each convolution's output (conv_a's before its LeakyReLU)
+    grads[last] = ops.operand(g)
+    # dh: the gradient of the residual stream h, through conv_out's LeakyReLU (whose sign its rounded output keeps)
+    dh = ops.conv([grads[last]], pack, [f"w{last}"], layout, "leaky_grad", inputs[last], transpose=True)
+    for i in reversed(range(units)):
+        a, b = 2 * i + 1, 2 * i + 2
+        grads[b] = ops.operand(dh)
+        grads[a] = ops.conv([grads[b]], pack, [f"w{b}"], layout, "leaky_grad", inputs[b], transpose=True)
+        dh = dh + ops.conv([grads[a]], pack, [f"w{a}"], layout, "none", transpose=True)
+    grads[0] = ops.operand(dh)
+    dx = ops.conv([grads[0]], pack, ["w0"], layout, "none", transpose=True)
+    kernel_grads, bias_grads = [], []
+    for k in range(len(inputs)):
+        (kernel_grad,), bias_grad = ops.weight_grad([inputs[k]], grads[k], layout)
+        kernel_grads.append(kernel_grad.astype(pack.buffer.dtype))
+        bias_grads.append(bias_grad.astype(grads[k].dtype))
+    return dx, tuple(kernel_grads), tuple(bias_grads)
+
+
+enhanced_block_flat.defvjp(_enhanced_block_fwd, _enhanced_block_bwd)
+
+
+def enhanced_block(
+    x: jax.Array, kernels: Sequence[jax.Array], biases: Sequence[jax.Array], dtype, cuda: bool = False
+) -> jax.Array:
+    """IRRM's Enhanced Block (`subnets.EnhancedBlock`'s function) on (n, h, w, c_in), from its HWIO kernels and
+    biases (conv_in, conv_a and conv_b of each unit, conv_out); returns (n, h, w, features) in dtype. With ``cuda``
+    the kernels are `irrm_jax.cuda_kernels`' (NVIDIA GPUs, bfloat16 or float32). Under an abstract mesh with a
+    'data' axis, each device runs its part of the batch."""
+    return per_device(functools.partial(_enhanced_block_on_device, dtype=dtype, cuda=cuda), x, kernels, biases)
+
+
+def _enhanced_block_on_device(x, kernels, biases, dtype, cuda):
+    n, h, w, c_in = x.shape
+    width, features = kernels[0].shape[-1], kernels[-1].shape[-1]
+    c_x, c_w, c_out = (padded_channels(c, cuda) for c in (c_in, width, features))
+    layout = FlatLayout(n, h, w, BLOCK_ROWS)
+    ins = [(c_in, c_x)] + [(width, c_w)] * (len(kernels) - 1)
+    outs = [c_w] * (len(kernels) - 1) + [c_out]
+    flat = tuple(flat_kernels(k, [c], [p], cout, dtype)[0] for k, (c, p), cout in zip(kernels, ins, outs, strict=True))
+    flat_biases = tuple(flat_bias(b, cout, dtype) for b, cout in zip(biases, outs, strict=True))
+    ops = kernel_ops(cuda)
+    out = enhanced_block_flat(layout, ops, to_flat(x.astype(dtype), layout, c_x), flat, flat_biases)
+    return from_flat(out, layout, features)
