@@ -117,7 +117,7 @@ def _full_float32(dtype) -> bool:
     return dtype == jnp.float32 and jax.config.jax_default_matmul_precision in FULL_FLOAT32
 
 
-def _check(dtype) -> bool:
+def computes(dtype) -> bool:
     """Whether the CUDA kernels compute for this dtype (False: full float32 asked for, use Pallas); raises where
     they cannot."""
     if jax.default_backend() != "gpu":
@@ -165,7 +165,7 @@ def conv(
       ValueError: not on a GPU backend, or a dtype other than bfloat16 and float32.
       RuntimeError: the kernels could not be built (no nvcc, or a compile error).
     """
-    if not _check(inputs[0].dtype):
+    if not computes(inputs[0].dtype):
         return dense_kernels.conv(inputs, pack, kernels, layout, epilogue, extra, transpose)
     cout = pack.slot(kernels[0])[1][1 if transpose else 2]
     bias = epilogue in dense_kernels.BIAS_EPILOGUES
@@ -194,7 +194,7 @@ def weight_grad(
     A block sums one 16-channel chunk's products over a group of rows (`weight_grad_partials`); XLA adds the groups'
     partials.
     """
-    if not _check(grad.dtype):
+    if not computes(grad.dtype):
         return dense_kernels.weight_grad(inputs, grad, layout)
     return dense_kernels.split_weight_grads(weight_grad_partials(inputs, grad, layout), [x.shape[1] for x in inputs])
 
@@ -203,7 +203,7 @@ def weight_grad_partials(inputs: Sequence[jax.Array], grad: jax.Array, layout: F
     """The kernel's own result: float32 (groups, 9, sum of input channels + 1, cout), kernel and bias gradients
     summed over each group of rows (the last input channel is the bias's). Raises where the kernel does not compute
     (`weight_grad` then falls back to Pallas)."""
-    if not _check(grad.dtype):
+    if not computes(grad.dtype):
         raise ValueError(
             "weight_grad_partials: full float32 products asked for, which the CUDA kernel does not compute."
         )
@@ -216,4 +216,10 @@ def weight_grad_partials(inputs: Sequence[jax.Array], grad: jax.Array, layout: F
     return call(*inputs, grad, **_layout_attributes(layout))
 
 
-CUDA = dense_kernels.Ops(conv, weight_grad, tf32_operand)
+def channels(c: int, dtype) -> int:
+    """The channel count the kernels compute c channels with: the next multiple of 16 (32-byte rows, 16-channel
+    tiles); the Pallas kernels' power of two where those compute instead (full float32)."""
+    return -(-c // 16) * 16 if computes(dtype) else dense_kernels.padded_channels(c)
+
+
+CUDA = dense_kernels.Ops(conv, weight_grad, tf32_operand, channels)

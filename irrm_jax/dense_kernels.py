@@ -327,15 +327,23 @@ def _unchanged(a: jax.Array) -> jax.Array:
     return a
 
 
+def padded_channels(c: int, dtype=None) -> int:
+    """The channel count the Pallas kernels compute c channels with, in any dtype: the next power of two, at least 16
+    (Triton's blocks)."""
+    return max(16, pl.next_power_of_2(c))
+
+
 class Ops(NamedTuple):
     """The two kernels a DenseBlock is computed with, forward and backward: `conv` and `weight_grad` here (Pallas),
     or the CUDA ones of `irrm_jax.cuda_kernels` (same arguments and results); ``operand`` prepares the block's input,
-    kernels and output gradient for them, once a block (the CUDA kernels take float32 operands as TF32 values).
-    Pallas reads each kernel from a copy of its part of the pack; CUDA reads the pack."""
+    kernels and output gradient for them, once a block (the CUDA kernels take float32 operands as TF32 values);
+    ``channels(c, dtype)`` is the channel count they compute c channels with. Pallas reads each kernel from a copy
+    of its part of the pack; CUDA reads the pack."""
 
     conv: Callable
     weight_grad: Callable
     operand: Callable = _unchanged
+    channels: Callable = padded_channels
 
 
 PALLAS = Ops(conv, weight_grad)
@@ -395,12 +403,6 @@ def _dense_block_bwd(layout, ops, residuals, g):
 
 
 dense_block_flat.defvjp(_dense_block_fwd, _dense_block_bwd)
-
-
-def padded_channels(c: int, cuda: bool = False) -> int:
-    """The channel count the kernels work with: the next power of two, at least 16 (Triton's blocks); with ``cuda``
-    (the CUDA kernels' 32-byte rows and 16-channel tiles) the next multiple of 16."""
-    return -(-c // 16) * 16 if cuda else max(16, pl.next_power_of_2(c))
 
 
 def kernel_ops(cuda: bool) -> Ops:

@@ -25,7 +25,6 @@ from irrm_jax.dense_kernels import (
     flat_kernels,
     from_flat,
     kernel_ops,
-    padded_channels,
     per_device,
     to_flat,
 )
@@ -106,12 +105,12 @@ def enhanced_block(
 def _enhanced_block_on_device(x, kernels, biases, dtype, cuda):
     n, h, w, c_in = x.shape
     width, features = kernels[0].shape[-1], kernels[-1].shape[-1]
-    c_x, c_w, c_out = (padded_channels(c, cuda) for c in (c_in, width, features))
+    ops = kernel_ops(cuda)
+    c_x, c_w, c_out = (ops.channels(c, dtype) for c in (c_in, width, features))
     layout = FlatLayout(n, h, w, BLOCK_ROWS)
     ins = [(c_in, c_x)] + [(width, c_w)] * (len(kernels) - 1)
     outs = [c_w] * (len(kernels) - 1) + [c_out]
     flat = tuple(flat_kernels(k, [c], [p], cout, dtype)[0] for k, (c, p), cout in zip(kernels, ins, outs, strict=True))
     flat_biases = tuple(flat_bias(b, cout, dtype) for b, cout in zip(biases, outs, strict=True))
-    ops = kernel_ops(cuda)
     out = enhanced_block_flat(layout, ops, to_flat(x.astype(dtype), layout, c_x), flat, flat_biases)
     return from_flat(out, layout, features)

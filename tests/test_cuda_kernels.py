@@ -323,3 +323,10 @@ def test_fused_g_and_h_are_the_same_model_in_fewer_calls(dtype, name):
     for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(separate), strict=True):
         assert float(jnp.linalg.norm(got - want)) <= tolerance * float(jnp.linalg.norm(want))
     assert calls(models[1]) < calls(models[0])
+
+
+@needs_gpu
+def test_channel_counts_multiples_of_16_where_the_cuda_kernels_compute():
+    assert [cuda_kernels.channels(c, jnp.bfloat16) for c in (3, 16, 24, 45, 48)] == [16, 16, 32, 48, 48]
+    with jax.default_matmul_precision("highest"):  # full float32: the Pallas kernels compute, in powers of two
+        assert cuda_kernels.channels(48, jnp.float32) == 64

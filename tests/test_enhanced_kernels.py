@@ -114,6 +114,6 @@ def test_under_a_data_mesh_each_device_runs_its_part_of_the_batch():
     assert "shard_map" in jaxpr and "f32[2,5,5,3]" in jaxpr, "each device sees half the batch"
 
 
-def test_padded_channels_powers_of_two_for_pallas_multiples_of_16_for_cuda():
+def test_channel_counts_powers_of_two_for_pallas():
     assert [dk.padded_channels(c) for c in (3, 16, 24, 45, 48)] == [16, 16, 32, 64, 64]
-    assert [dk.padded_channels(c, cuda=True) for c in (3, 16, 24, 45, 48)] == [16, 16, 32, 48, 48]
+    assert dk.PALLAS.channels(48, jnp.float32) == 64
