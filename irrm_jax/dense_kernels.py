@@ -16,8 +16,9 @@ Weights. A block call prepares its kernels and biases once (in the compute dtype
 the transposed ones alike: XLA writes it in one fusion, where separate arrays, transposed and flipped for each
 direction, took one small kernel each (about 450 a training step of IRN x4, 1.1 ms on an H100).
 
-Channel counts must be powers of two of at least 16 (Triton's blocks and matrix units): the input and the last
-layer's output are padded with zeros; the growth (IRN: 32) must already be one. On GPUs the kernels compile with
+Channel counts must be powers of two of at least 16 (Triton's blocks and matrix units; the CUDA kernels take
+multiples of 16, `Ops.channels`): the input and the last layer's output are padded with zeros; the growth (IRN: 32)
+must already be a power of two. On GPUs the kernels compile with
 Triton; on other backends they run in Pallas' interpreter (correct, slow: for tests).
 
 Several devices: XLA cannot split a Pallas kernel over a sharded batch (it would gather the batch and run all of
@@ -461,12 +462,13 @@ def _dense_block_on_device(x, kernels, biases, dtype, cuda):
     n, h, w, c_in = x.shape
     growth, features = kernels[0].shape[-1], kernels[-1].shape[-1]
     layout = FlatLayout(n, h, w, BLOCK_ROWS)
-    c_x, c_out = padded_channels(c_in), padded_channels(features)
+    ops = kernel_ops(cuda)
+    c_x, c_out = ops.channels(c_in, dtype), ops.channels(features, dtype)
     last = len(kernels) - 1
     flat = tuple(
         flat_kernels(kernel, [c_in] + [growth] * k, [c_x] + [growth] * k, c_out if k == last else growth, dtype)
         for k, kernel in enumerate(kernels)
     )
     biases = tuple(flat_bias(b, c_out if k == last else growth, dtype) for k, b in enumerate(biases))
-    out = dense_block_flat(layout, kernel_ops(cuda), to_flat(x.astype(dtype), layout, c_x), flat, biases)
+    out = dense_block_flat(layout, ops, to_flat(x.astype(dtype), layout, c_x), flat, biases)
     return from_flat(out, layout, features)
