@@ -229,45 +229,25 @@ PALLAS_TRITON_DEPRECATED = "ignore:The Pallas Triton backend is deprecated:Depre
 
 @needs_gpu
 @pytest.mark.filterwarnings(PALLAS_TRITON_DEPRECATED)
-@pytest.mark.parametrize("c_in, features", [(3, 9), (45, 3)])  # IRN x4's sub-networks
-def test_dense_block_value_and_gradients_as_accurate_as_pallas(c_in, features):
+@pytest.mark.parametrize(  # IRN x4's sub-networks; IRRM-M and IRRM-L x4's (width 48: 48 channels on CUDA, 64 on Pallas)
+    "sub_network, c_in, features",
+    [
+        (DenseBlock, 3, 9),
+        (DenseBlock, 45, 3),
+        (functools.partial(EnhancedBlock, width=32), 3, 9),
+        (functools.partial(EnhancedBlock, width=48), 45, 3),
+    ],
+)
+def test_sub_network_value_and_gradients_as_accurate_as_pallas(sub_network, c_in, features):
     """Both kernels' TF32 values and gradients against XLA's at full precision: the CUDA kernels' errors within
     twice the Pallas kernels' (or 2e-3 relative)."""
     x = normal(2, 12, 20, c_in)
-    blocks = {"xla": DenseBlock(features), "pallas": DenseBlock(features, pallas=True)}
-    blocks["cuda"] = DenseBlock(features, cuda=True)
+    blocks = {"xla": sub_network(features), "pallas": sub_network(features, pallas=True)}
+    blocks["cuda"] = sub_network(features, cuda=True)
     params = jax.tree.map(lambda p: normal(*p.shape, scale=0.05), blocks["xla"].init(jax.random.key(0), x)["params"])
     weights = normal(2, 12, 20, features)
 
     def loss(block, params, x):  # linear in the output: the gradients' error is the products' (TF32) error
-        return jnp.sum(block.apply({"params": params}, x) * weights)
-
-    def value_and_grads(name):
-        out = blocks[name].apply({"params": params}, x)
-        return [out, *jax.tree.leaves(jax.grad(functools.partial(loss, blocks[name]), (0, 1))(params, x))]
-
-    with jax.default_matmul_precision("highest"):
-        want = value_and_grads("xla")
-    errors = {}
-    for name in ("pallas", "cuda"):
-        got = value_and_grads(name)
-        errors[name] = [float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) for a, b in zip(got, want, strict=True)]
-    for cuda, pallas in zip(errors["cuda"], errors["pallas"], strict=True):
-        assert cuda < max(2 * pallas, 2e-3), errors
-
-
-@needs_gpu
-@pytest.mark.filterwarnings(PALLAS_TRITON_DEPRECATED)
-@pytest.mark.parametrize("c_in, features, width", [(3, 9, 32), (45, 3, 48)])  # IRRM-M and IRRM-L x4's sub-networks
-def test_enhanced_block_value_and_gradients_as_accurate_as_pallas(c_in, features, width):
-    """As the DenseBlock's test, for IRRM's Enhanced Block (width 48: 48 channels on CUDA, 64 on Pallas)."""
-    x = normal(2, 12, 20, c_in)
-    blocks = {"xla": EnhancedBlock(features, width)}
-    blocks |= {"pallas": EnhancedBlock(features, width, pallas=True), "cuda": EnhancedBlock(features, width, cuda=True)}
-    params = jax.tree.map(lambda p: normal(*p.shape, scale=0.05), blocks["xla"].init(jax.random.key(0), x)["params"])
-    weights = normal(2, 12, 20, features)
-
-    def loss(block, params, x):
         return jnp.sum(block.apply({"params": params}, x) * weights)
 
     def value_and_grads(name):

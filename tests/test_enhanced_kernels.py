@@ -1,7 +1,6 @@
 """IRRM's Enhanced Block on the flat-layout kernels (Pallas' interpreter on CPU): the same function and gradients as
 XLA's, and the same invertible models."""
 
-import functools
 
 import chex
 import jax
@@ -14,6 +13,7 @@ from irrm_jax import enhanced_kernels as ek
 from irrm_jax.models import build_model
 from irrm_jax.subnets import EnhancedBlock
 from irrm_jax.verify import random_nonzero_params
+from tests.test_dense_kernels import assert_same_sub_network
 
 RNG = np.random.default_rng(0)
 
@@ -28,26 +28,9 @@ def block_params(block, x, seed):
 
 @pytest.mark.parametrize("c_in, features, n_res", [(3, 9, 1), (20, 3, 2)])
 def test_value_and_gradients_match_xla(c_in, features, n_res):
-    x = normal(2, 5, 7, c_in)
     xla = EnhancedBlock(features, width=16, n_res=n_res)
     pallas = EnhancedBlock(features, width=16, n_res=n_res, pallas=True)
-    shapes = jax.eval_shape(xla.init, jax.random.key(0), x)["params"]
-    assert jax.tree.map(jnp.shape, shapes) == jax.tree.map(
-        jnp.shape, jax.eval_shape(pallas.init, jax.random.key(0), x)["params"]
-    ), "the same parameters"
-    params = random_nonzero_params(shapes, 1)
-    proj = normal(2, 5, 7, features)
-
-    def loss(block, p, x):
-        return jnp.sum(jnp.tanh(block.apply({"params": p}, x)) * proj)
-
-    out = pallas.apply({"params": params}, x)
-    chex.assert_trees_all_close(out, xla.apply({"params": params}, x), atol=1e-5, rtol=1e-5)
-    assert np.abs(np.asarray(out)).max() > 0.1, "a non-trivial output"
-    ref = jax.grad(functools.partial(loss, xla), (0, 1))(params, x)
-    grads = jax.grad(functools.partial(loss, pallas), (0, 1))(params, x)
-    assert all(float(jnp.abs(g).max()) > 1e-3 for g in jax.tree.leaves(ref)), "every gradient non-trivial"
-    chex.assert_trees_all_close(grads, ref, atol=1e-5, rtol=1e-4)
+    assert_same_sub_network(xla, pallas, normal(2, 5, 7, c_in), features)
 
 
 def test_width_not_a_power_of_two_is_padded_for_pallas():
