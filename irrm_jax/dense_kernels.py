@@ -18,8 +18,8 @@ direction, took one small kernel each (about 450 a training step of IRN x4, 1.1 
 
 Channel counts must be powers of two of at least 16 (Triton's blocks and matrix units; the CUDA kernels take
 multiples of 16, `Ops.channels`): the input and the last layer's output are padded with zeros; the growth (IRN: 32)
-must already be a power of two. On GPUs the kernels compile with
-Triton; on other backends they run in Pallas' interpreter (correct, slow: for tests).
+must already be a power of two. On GPUs the kernels compile with Triton; on other backends they run in Pallas'
+interpreter (correct, slow: for tests). `irrm_jax.enhanced_kernels` runs IRRM's Enhanced Block on the same kernels.
 
 Several devices: XLA cannot split a Pallas kernel over a sharded batch (it would gather the batch and run all of
 it on every device), so under an abstract mesh with a ``'data'`` axis (`jax.sharding.use_abstract_mesh`, as the
@@ -428,6 +428,7 @@ def flat_kernels(kernel: jax.Array, inputs: Sequence[int], padded: Sequence[int]
 
 
 def flat_bias(bias: jax.Array, cout: int, dtype) -> jax.Array:
+    """A bias zero-padded to cout channels, in dtype."""
     return jnp.pad(bias, (0, cout - bias.shape[0])).astype(dtype)
 
 
