@@ -7,7 +7,8 @@ before conv_out are elementwise XLA ops on the flat arrays (zero outside the pix
 (`jax.custom_vjp`) is built from the same kernels: the transposed convolutions (LeakyReLU's backward fused) and the
 kernel gradients, the residual gradients added by XLA. With ``dense_cuda`` the float32 convolutions take TF32
 operands, as the DenseBlock's (`irrm_jax.cuda_kernels`): the residual stream itself stays float32, its copies read
-by the convolutions are rounded.
+by the convolutions are rounded (backward, its gradient starts from conv_out's transposed convolution, whose
+``leaky_grad`` epilogue stores TF32 values, and adds float32 from there).
 """
 
 import functools
