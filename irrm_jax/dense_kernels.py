@@ -350,15 +350,26 @@ class Ops(NamedTuple):
 PALLAS = Ops(conv, weight_grad)
 
 
-def _pack(ops: Ops, kernels: tuple, biases: tuple) -> WeightPack:
-    """The block's kernels and biases as its convolutions read them: layer k's HWIO kernel for input i as
-    ``w{k}.{i}`` (9, c_i, cout), for the forward convolutions and (transposed) the input gradients, its bias as
-    ``b{k}``."""
+def pack_weights(ops: Ops, kernels: tuple, biases: tuple) -> WeightPack:
+    """A block's kernels (one tuple of per-input kernels a layer) and biases as its convolutions read them: layer k's
+    HWIO kernel for input i as ``w{k}.{i}`` (9, c_i, cout), for the forward convolutions and (transposed) the input
+    gradients, its bias as ``b{k}``."""
     arrays = {}
     for k, (layer_kernels, bias) in enumerate(zip(kernels, biases, strict=True)):
         arrays |= {f"w{k}.{i}": ops.operand(kernel) for i, kernel in enumerate(layer_kernels)}
         arrays[f"b{k}"] = bias
     return WeightPack.of(arrays)
+
+
+def layer_grads(ops: Ops, layout: FlatLayout, pack: WeightPack, inputs: Sequence, grads: Sequence) -> tuple:
+    """The kernel gradients (a tuple of per-input ones a layer, in the pack's dtype) and the bias gradients of
+    layers that read ``inputs[k]`` (flat arrays) and whose outputs have the gradients ``grads[k]``."""
+    kernel_grads, bias_grads = [], []
+    for layer_inputs, grad in zip(inputs, grads, strict=True):
+        kernels, bias = ops.weight_grad(layer_inputs, grad, layout)
+        kernel_grads.append(tuple(k.astype(pack.buffer.dtype) for k in kernels))
+        bias_grads.append(bias.astype(grad.dtype))
+    return tuple(kernel_grads), tuple(bias_grads)
 
 
 def _forward(layout, ops, x, pack, layers):
@@ -375,11 +386,11 @@ def dense_block_flat(layout: FlatLayout, ops: Ops, x: jax.Array, kernels: tuple,
     (9, c, cout) per input) and adds biases[k]; layers before the last apply LeakyReLU(0.2). Forward and backward
     are computed by ``ops`` (`PALLAS` or `irrm_jax.cuda_kernels.CUDA`). The output's gradient must be zero outside
     the pixels, like every flat array (`dense_block`'s is)."""
-    return _forward(layout, ops, x, _pack(ops, kernels, biases), len(kernels))[-1]
+    return _forward(layout, ops, x, pack_weights(ops, kernels, biases), len(kernels))[-1]
 
 
 def _dense_block_fwd(layout, ops, x, kernels, biases):
-    pack = _pack(ops, kernels, biases)
+    pack = pack_weights(ops, kernels, biases)
     feats = _forward(layout, ops, x, pack, len(kernels))
     return feats[-1], (feats[:-1], pack)
 
@@ -395,12 +406,7 @@ def _dense_block_bwd(layout, ops, residuals, g):
             [dz[k] for k in later], pack, [f"w{k}.{j}" for k in later], layout, "leaky_grad", feats[j], transpose=True
         )
     dx = ops.conv(dz, pack, [f"w{k}.0" for k in range(layers)], layout, "none", transpose=True)
-    kernel_grads, bias_grads = [], []
-    for k in range(layers):
-        grads, bias_grad = ops.weight_grad(feats[: k + 1], dz[k], layout)
-        kernel_grads.append(tuple(gk.astype(pack.buffer.dtype) for gk in grads))
-        bias_grads.append(bias_grad.astype(dz[k].dtype))
-    return dx, tuple(kernel_grads), tuple(bias_grads)
+    return dx, *layer_grads(ops, layout, pack, [feats[: k + 1] for k in range(layers)], dz)
 
 
 dense_block_flat.defvjp(_dense_block_fwd, _dense_block_bwd)

@@ -21,49 +21,41 @@ from irrm_jax.dense_kernels import (
     SLOPE,
     FlatLayout,
     Ops,
-    WeightPack,
     flat_bias,
     flat_kernels,
     from_flat,
     kernel_ops,
+    layer_grads,
+    pack_weights,
     per_device,
     to_flat,
 )
 
 
-def _pack(ops: Ops, kernels: tuple, biases: tuple) -> WeightPack:
-    """Convolution k's kernel as ``w{k}`` (9, c, cout), its bias as ``b{k}``; k = 0 conv_in, 2 i + 1 and 2 i + 2 unit
-    i's conv_a and conv_b, the last conv_out."""
-    arrays = {}
-    for k, (kernel, bias) in enumerate(zip(kernels, biases, strict=True)):
-        arrays |= {f"w{k}": ops.operand(kernel), f"b{k}": bias}
-    return WeightPack.of(arrays)
-
-
 def _forward(layout, ops, x, pack, units):
     """The block's output and what its backward reads: the convolutions' inputs (as they read them), in order."""
     inputs = [ops.operand(x)]
-    h = ops.conv(inputs[:1], pack, ["w0"], layout, "bias", "b0")
+    h = ops.conv(inputs[:1], pack, ["w0.0"], layout, "bias", "b0")
     for i in range(units):
         inputs.append(ops.operand(h))
-        inputs.append(ops.conv(inputs[-1:], pack, [f"w{2 * i + 1}"], layout, "bias_leaky", f"b{2 * i + 1}"))
-        h = h + ops.conv(inputs[-1:], pack, [f"w{2 * i + 2}"], layout, "bias", f"b{2 * i + 2}")
+        inputs.append(ops.conv(inputs[-1:], pack, [f"w{2 * i + 1}.0"], layout, "bias_leaky", f"b{2 * i + 1}"))
+        h = h + ops.conv(inputs[-1:], pack, [f"w{2 * i + 2}.0"], layout, "bias", f"b{2 * i + 2}")
     inputs.append(ops.operand(jax.nn.leaky_relu(h, SLOPE)))
     last = 2 * units + 1
-    return ops.conv(inputs[-1:], pack, [f"w{last}"], layout, "bias", f"b{last}"), inputs
+    return ops.conv(inputs[-1:], pack, [f"w{last}.0"], layout, "bias", f"b{last}"), inputs
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def enhanced_block_flat(layout: FlatLayout, ops: Ops, x: jax.Array, kernels: tuple, biases: tuple) -> jax.Array:
     """The Enhanced Block on a flat input: h = conv_in(x); per unit h = h + conv_b(LeakyReLU(conv_a(h))); out =
-    conv_out(LeakyReLU(h)); ``kernels`` (9, c, cout) and ``biases`` in that order (2 units + 2 of each). Computed by
-    ``ops`` (`dense_kernels.PALLAS` or `irrm_jax.cuda_kernels.CUDA`); the output's gradient must be zero outside the
-    pixels, like every flat array."""
-    return _forward(layout, ops, x, _pack(ops, kernels, biases), (len(kernels) - 2) // 2)[0]
+    conv_out(LeakyReLU(h)); ``kernels`` (each a 1-tuple of a (9, c, cout) kernel, as `dense_kernels.pack_weights`
+    takes them) and ``biases`` in that order (2 units + 2 of each). Computed by ``ops`` (`dense_kernels.PALLAS` or
+    `irrm_jax.cuda_kernels.CUDA`); the output's gradient must be zero outside the pixels, like every flat array."""
+    return _forward(layout, ops, x, pack_weights(ops, kernels, biases), (len(kernels) - 2) // 2)[0]
 
 
 def _enhanced_block_fwd(layout, ops, x, kernels, biases):
-    pack = _pack(ops, kernels, biases)
+    pack = pack_weights(ops, kernels, biases)
     out, inputs = _forward(layout, ops, x, pack, (len(kernels) - 2) // 2)
     return out, (inputs, pack)
 
@@ -74,20 +66,15 @@ def _enhanced_block_bwd(layout, ops, residuals, g):
     grads = [None] * len(inputs)  # the gradients of each convolution's output (conv_a's before its LeakyReLU)
     grads[last] = ops.operand(g)
     # dh: the gradient of the residual stream h, through conv_out's LeakyReLU (whose sign its rounded output keeps)
-    dh = ops.conv([grads[last]], pack, [f"w{last}"], layout, "leaky_grad", inputs[last], transpose=True)
+    dh = ops.conv([grads[last]], pack, [f"w{last}.0"], layout, "leaky_grad", inputs[last], transpose=True)
     for i in reversed(range(units)):
         a, b = 2 * i + 1, 2 * i + 2
         grads[b] = ops.operand(dh)
-        grads[a] = ops.conv([grads[b]], pack, [f"w{b}"], layout, "leaky_grad", inputs[b], transpose=True)
-        dh = dh + ops.conv([grads[a]], pack, [f"w{a}"], layout, "none", transpose=True)
+        grads[a] = ops.conv([grads[b]], pack, [f"w{b}.0"], layout, "leaky_grad", inputs[b], transpose=True)
+        dh = dh + ops.conv([grads[a]], pack, [f"w{a}.0"], layout, "none", transpose=True)
     grads[0] = ops.operand(dh)
-    dx = ops.conv([grads[0]], pack, ["w0"], layout, "none", transpose=True)
-    kernel_grads, bias_grads = [], []
-    for k in range(len(inputs)):
-        (kernel_grad,), bias_grad = ops.weight_grad([inputs[k]], grads[k], layout)
-        kernel_grads.append(kernel_grad.astype(pack.buffer.dtype))
-        bias_grads.append(bias_grad.astype(grads[k].dtype))
-    return dx, tuple(kernel_grads), tuple(bias_grads)
+    dx = ops.conv([grads[0]], pack, ["w0.0"], layout, "none", transpose=True)
+    return dx, *layer_grads(ops, layout, pack, [[x] for x in inputs], grads)
 
 
 enhanced_block_flat.defvjp(_enhanced_block_fwd, _enhanced_block_bwd)
@@ -111,7 +98,7 @@ def _enhanced_block_on_device(x, kernels, biases, dtype, cuda):
     layout = FlatLayout(n, h, w, BLOCK_ROWS)
     ins = [(c_in, c_x)] + [(width, c_w)] * (len(kernels) - 1)
     outs = [c_w] * (len(kernels) - 1) + [c_out]
-    flat = tuple(flat_kernels(k, [c], [p], cout, dtype)[0] for k, (c, p), cout in zip(kernels, ins, outs, strict=True))
+    flat = tuple(flat_kernels(k, [c], [p], cout, dtype) for k, (c, p), cout in zip(kernels, ins, outs, strict=True))
     flat_biases = tuple(flat_bias(b, cout, dtype) for b, cout in zip(biases, outs, strict=True))
     out = enhanced_block_flat(layout, ops, to_flat(x.astype(dtype), layout, c_x), flat, flat_biases)
     return from_flat(out, layout, features)
