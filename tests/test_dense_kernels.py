@@ -1,4 +1,5 @@
-"""Pallas DenseBlock kernels (run in Pallas' interpreter on CPU): the same function and gradients as XLA's."""
+"""Pallas DenseBlock kernels (run in Pallas' interpreter on CPU): the same function and gradients as XLA's (the
+bfloat16 and float64 tests for IRRM's Enhanced Block on the same kernels too)."""
 
 import functools
 
@@ -10,7 +11,7 @@ import pytest
 
 from irrm_jax import dense_kernels as dk
 from irrm_jax.models import build_model
-from irrm_jax.subnets import DenseBlock, conv3x3
+from irrm_jax.subnets import DenseBlock, EnhancedBlock, conv3x3
 from irrm_jax.verify import random_nonzero_params
 
 RNG = np.random.default_rng(0)
@@ -133,23 +134,25 @@ def test_dense_block_value_and_gradients_match_xla(c_in, features):
     assert_same_sub_network(xla, pallas, normal(2, 5, 7, c_in), features)
 
 
-def test_dense_block_bfloat16_is_as_close_to_float32_as_xla():
+@pytest.mark.parametrize("sub_network", [DenseBlock, EnhancedBlock])
+def test_bfloat16_is_as_close_to_float32_as_xla(sub_network):
     x = normal(1, 6, 6, 3)
-    params = random_nonzero_params(jax.eval_shape(DenseBlock(9).init, jax.random.key(0), x)["params"], 2)
-    exact = DenseBlock(9).apply({"params": params}, x)
-    xla = DenseBlock(9, dtype=jnp.bfloat16).apply({"params": params}, x)
-    pallas = DenseBlock(9, dtype=jnp.bfloat16, pallas=True).apply({"params": params}, x)
+    params = random_nonzero_params(jax.eval_shape(sub_network(9).init, jax.random.key(0), x)["params"], 2)
+    exact = sub_network(9).apply({"params": params}, x)
+    xla = sub_network(9, dtype=jnp.bfloat16).apply({"params": params}, x)
+    pallas = sub_network(9, dtype=jnp.bfloat16, pallas=True).apply({"params": params}, x)
     assert pallas.dtype == jnp.bfloat16
     err = lambda y: float(jnp.max(jnp.abs(y.astype(jnp.float32) - exact)))  # noqa: E731
     assert err(pallas) <= 2 * err(xla) + 1e-3
 
 
-def test_dense_block_float64_sums_in_float64():
+@pytest.mark.parametrize("sub_network", [DenseBlock, EnhancedBlock])
+def test_float64_sums_in_float64(sub_network):
     with jax.enable_x64(True):
         x = jnp.asarray(RNG.standard_normal((1, 5, 6, 3)))
-        params = random_nonzero_params(jax.eval_shape(DenseBlock(9).init, jax.random.key(0), x)["params"], 4)
+        params = random_nonzero_params(jax.eval_shape(sub_network(9).init, jax.random.key(0), x)["params"], 4)
         params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), params)
-        xla, pallas = DenseBlock(9, dtype=jnp.float64), DenseBlock(9, dtype=jnp.float64, pallas=True)
+        xla, pallas = sub_network(9, dtype=jnp.float64), sub_network(9, dtype=jnp.float64, pallas=True)
         out = pallas.apply({"params": params}, x)
         assert out.dtype == jnp.float64
         chex.assert_trees_all_close(out, xla.apply({"params": params}, x), atol=1e-12, rtol=1e-12)
@@ -199,7 +202,11 @@ def test_under_a_data_mesh_each_device_runs_its_part_of_the_batch():
     variables = params.init(jax.random.key(0), x)
     kernels = [variables["params"][f"conv{i}"]["kernel"] for i in range(1, 6)]
     biases = [variables["params"][f"conv{i}"]["bias"] for i in range(1, 6)]
-    run = lambda x: dk.dense_block(x, kernels, biases, jnp.float32)  # noqa: E731
+    assert_runs_per_device(lambda x: dk.dense_block(x, kernels, biases, jnp.float32), x)
+
+
+def assert_runs_per_device(run, x):
+    """``run(x)`` on a (4, 5, 5, 3) batch: as it is alone, per device (half the batch each) under a 2-device mesh."""
     assert "shard_map" not in str(jax.make_jaxpr(run)(x))
     mesh = jax.sharding.AbstractMesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))  # as the step's
     with jax.sharding.use_abstract_mesh(mesh):

@@ -1,6 +1,5 @@
 """IRRM's Enhanced Block on the flat-layout kernels (Pallas' interpreter on CPU): the same function and gradients as
-XLA's, and the same invertible models."""
-
+XLA's, and the same invertible models (its bfloat16 and float64 tests are the DenseBlock's, in test_dense_kernels)."""
 
 import chex
 import jax
@@ -13,17 +12,13 @@ from irrm_jax import enhanced_kernels as ek
 from irrm_jax.models import build_model
 from irrm_jax.subnets import EnhancedBlock
 from irrm_jax.verify import random_nonzero_params
-from tests.test_dense_kernels import assert_same_sub_network
+from tests.test_dense_kernels import assert_runs_per_device, assert_same_sub_network
 
 RNG = np.random.default_rng(0)
 
 
 def normal(*shape):
     return jnp.asarray(RNG.standard_normal(shape), jnp.float32)
-
-
-def block_params(block, x, seed):
-    return random_nonzero_params(jax.eval_shape(block.init, jax.random.key(0), x)["params"], seed)
 
 
 @pytest.mark.parametrize("c_in, features, n_res", [(3, 9, 1), (20, 3, 2)])
@@ -36,32 +31,9 @@ def test_value_and_gradients_match_xla(c_in, features, n_res):
 def test_width_not_a_power_of_two_is_padded_for_pallas():
     """Width 24 runs as 32 channels (Triton's blocks; zero kernels, LeakyReLU(0) = 0): the same function."""
     x = normal(1, 4, 6, 3)
-    params = block_params(EnhancedBlock(9, width=24), x, 2)
+    params = random_nonzero_params(jax.eval_shape(EnhancedBlock(9, width=24).init, jax.random.key(0), x)["params"], 2)
     out = EnhancedBlock(9, width=24, pallas=True).apply({"params": params}, x)
     chex.assert_trees_all_close(out, EnhancedBlock(9, width=24).apply({"params": params}, x), atol=1e-5)
-
-
-def test_bfloat16_is_as_close_to_float32_as_xla():
-    x = normal(1, 6, 6, 3)
-    params = block_params(EnhancedBlock(9), x, 2)
-    exact = EnhancedBlock(9).apply({"params": params}, x)
-    xla = EnhancedBlock(9, dtype=jnp.bfloat16).apply({"params": params}, x)
-    pallas = EnhancedBlock(9, dtype=jnp.bfloat16, pallas=True).apply({"params": params}, x)
-    assert pallas.dtype == jnp.bfloat16
-    err = lambda y: float(jnp.max(jnp.abs(y.astype(jnp.float32) - exact)))  # noqa: E731
-    assert err(pallas) <= 2 * err(xla) + 1e-3
-
-
-def test_float64_sums_in_float64():
-    with jax.enable_x64(True):
-        x = jnp.asarray(RNG.standard_normal((1, 5, 6, 3)))
-        params = jax.tree.map(lambda a: jnp.asarray(a, jnp.float64), block_params(EnhancedBlock(9), x, 4))
-        xla, pallas = EnhancedBlock(9, dtype=jnp.float64), EnhancedBlock(9, dtype=jnp.float64, pallas=True)
-        out = pallas.apply({"params": params}, x)
-        assert out.dtype == jnp.float64
-        chex.assert_trees_all_close(out, xla.apply({"params": params}, x), atol=1e-12, rtol=1e-12)
-        loss = lambda block: lambda p: jnp.sum(jnp.sin(block.apply({"params": p}, x)))  # noqa: E731
-        chex.assert_trees_all_close(jax.grad(loss(pallas))(params), jax.grad(loss(xla))(params), atol=1e-11)
 
 
 def test_irrm_with_kernel_blocks_and_fused_g_h_is_the_same_invertible_model():
@@ -89,12 +61,7 @@ def test_under_a_data_mesh_each_device_runs_its_part_of_the_batch():
     params = EnhancedBlock(9, width=16).init(jax.random.key(0), x)["params"]
     names = ["conv_in", "res0_conv_a", "res0_conv_b", "conv_out"]
     kernels, biases = [params[n]["kernel"] for n in names], [params[n]["bias"] for n in names]
-    run = lambda x: ek.enhanced_block(x, kernels, biases, jnp.float32)  # noqa: E731
-    assert "shard_map" not in str(jax.make_jaxpr(run)(x))
-    mesh = jax.sharding.AbstractMesh((2,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))  # as the step's
-    with jax.sharding.use_abstract_mesh(mesh):
-        jaxpr = str(jax.make_jaxpr(run)(x))
-    assert "shard_map" in jaxpr and "f32[2,5,5,3]" in jaxpr, "each device sees half the batch"
+    assert_runs_per_device(lambda x: ek.enhanced_block(x, kernels, biases, jnp.float32), x)
 
 
 def test_channel_counts_powers_of_two_for_pallas():
