@@ -1,6 +1,6 @@
 """The DenseBlock's kernels in CUDA (the speed option ``dense_cuda``), called through XLA's FFI.
 
-`conv` and `weight_grad` are `dense_kernels.conv` and `dense_kernels.weight_grad` (same flat arrays and results up
+`conv` and `weight_grads` are `dense_kernels.conv` and `dense_kernels.weight_grads` (same flat arrays and results up
 to rounding) computed by ``dense_conv.cu`` and ``dense_weight_grad.cu``: a block stages one input tile and its
 one-pixel halo in shared memory and feeds all nine taps from it, where the Pallas kernels load every tap's rows
 from L2 again (nine times the reads, which bound them: benchmarks/NOTES.md). `CUDA` is the pair for
@@ -44,6 +44,7 @@ EPILOGUES = {"none": 0, "bias": 1, "bias_leaky": 2, "leaky_grad": 3}  # dense_co
 # Kernel-gradient blocks a call, about: groups of rows = this / the inputs' 16-channel chunks (fewer where there are
 # fewer tiles). 256 summed the training step's layers faster than 128 or 512 on an H100 (benchmarks/NOTES.md).
 WEIGHT_GRAD_BLOCKS = 256
+MAX_INPUTS, MAX_CHANNELS = 16, 1024  # of one kernel-gradient call, all its layers' (dense_weight_grad.cu's limits)
 # Under jax.vmap (`coupling.AffineCoupling`'s fuse_gh: G and H as one network) each kernel runs once for all members:
 # batched operands keep their leading axis, unbatched ones get an axis of length 1 that the kernels read as shared.
 VMAP_METHOD = "expand_dims"
@@ -185,35 +186,58 @@ def conv(
     )
 
 
-def weight_grad(
-    inputs: Sequence[jax.Array], grad: jax.Array, layout: FlatLayout
-) -> tuple[tuple[jax.Array, ...], jax.Array]:
-    """`dense_kernels.weight_grad`, computed by the CUDA kernel (same arguments and results; errors as `conv`). float32
-    inputs and gradient must be TF32 values (`tf32_operand`).
+def weight_grads(
+    layers: Sequence[tuple[Sequence[jax.Array], jax.Array]], layout: FlatLayout
+) -> list[tuple[tuple[jax.Array, ...], jax.Array]]:
+    """`dense_kernels.weight_grads`, computed by the CUDA kernel (same arguments and results; errors as `conv`):
+    one call for the layers of each output width (up to `MAX_INPUTS` inputs and 1,024 channels a call), which fills
+    the GPU with fewer groups of rows a layer than a call a layer would. float32 inputs and gradients must be TF32
+    values (`tf32_operand`).
 
     A block sums one 16-channel chunk's products over a group of rows (`weight_grad_partials`); XLA adds the groups'
     partials.
     """
-    if not computes(grad.dtype):
-        return dense_kernels.weight_grad(inputs, grad, layout)
-    return dense_kernels.split_weight_grads(weight_grad_partials(inputs, grad, layout), [x.shape[1] for x in inputs])
+    if not computes(layers[0][1].dtype):
+        return dense_kernels.weight_grads(layers, layout)
+    grads = [None] * len(layers)
+    for call in _calls(layers):
+        group = [layers[k] for k in call]
+        partials = weight_grad_partials(group, layout)
+        split = dense_kernels.split_weight_grads(partials, [[x.shape[1] for x in inputs] for inputs, _ in group])
+        for k, layer_grads in zip(call, split, strict=True):
+            grads[k] = layer_grads
+    return grads
 
 
-def weight_grad_partials(inputs: Sequence[jax.Array], grad: jax.Array, layout: FlatLayout) -> jax.Array:
-    """The kernel's own result: float32 (groups, 9, sum of input channels + 1, cout), kernel and bias gradients
-    summed over each group of rows (the last input channel is the bias's). Raises where the kernel does not compute
-    (`weight_grad` then falls back to Pallas)."""
-    if not computes(grad.dtype):
+def _calls(layers) -> list[list[int]]:
+    """The layers' indices in groups that one kernel call takes: one output width, within the call's limits."""
+    calls = {}  # output width -> its calls, the last one being filled
+    for k, (inputs, grad) in enumerate(layers):
+        width_calls = calls.setdefault(grad.shape[1], [[]])
+        taken = [x for j in width_calls[-1] for x in layers[j][0]] + list(inputs)
+        if width_calls[-1] and (len(taken) > MAX_INPUTS or sum(x.shape[1] for x in taken) > MAX_CHANNELS):
+            width_calls.append([])
+        width_calls[-1].append(k)
+    return [call for width_calls in calls.values() for call in width_calls]
+
+
+def weight_grad_partials(layers: Sequence[tuple[Sequence[jax.Array], jax.Array]], layout: FlatLayout) -> jax.Array:
+    """The kernel's own result for layers of one output width: float32 (groups, 9, rows, cout), the kernel gradients
+    summed over each group of rows (rows: every layer's input channels in order, then one bias row a layer). Raises
+    where the kernel does not compute (`weight_grads` then falls back to Pallas)."""
+    if not computes(layers[0][1].dtype):
         raise ValueError(
             "weight_grad_partials: full float32 products asked for, which the CUDA kernel does not compute."
         )
-    channels, cout = [x.shape[1] for x in inputs], grad.shape[1]
-    chunks = sum(channels) // 16
+    inputs = [x for layer_inputs, _ in layers for x in layer_inputs]
+    channels, cout = sum(x.shape[1] for x in inputs), layers[0][1].shape[1]
+    chunks = channels // 16
     line_tiles = -(-layout.n * (layout.h + 2) // 4)  # tiles of four image lines (the kernel's, at one a line width)
     groups = max(1, min(line_tiles, -(-WEIGHT_GRAD_BLOCKS // chunks)))
-    out_type = jax.ShapeDtypeStruct((groups, 9, sum(channels) + 1, cout), jnp.float32)
+    out_type = jax.ShapeDtypeStruct((groups, 9, channels + len(layers), cout), jnp.float32)
     call = jax.ffi.ffi_call("irrm_dense_weight_grad", out_type, vmap_method=VMAP_METHOD)
-    return call(*inputs, grad, **_layout_attributes(layout))
+    grad_of = np.array([k for k, (layer_inputs, _) in enumerate(layers) for _ in layer_inputs], np.int64)
+    return call(*inputs, *(grad for _, grad in layers), **_layout_attributes(layout), grad_of=grad_of)
 
 
 def channels(c: int, dtype) -> int:
@@ -222,4 +246,4 @@ def channels(c: int, dtype) -> int:
     return -(-c // 16) * 16 if computes(dtype) else dense_kernels.padded_channels(c)
 
 
-CUDA = dense_kernels.Ops(conv, weight_grad, tf32_operand, channels)
+CUDA = dense_kernels.Ops(conv, weight_grads, tf32_operand, channels)

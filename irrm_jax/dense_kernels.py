@@ -313,15 +313,29 @@ def weight_grad(
     name = f"dense_weight_grad_{layout.h}x{layout.w}"
     stages = FLOAT32_WEIGHT_GRAD_STAGES if grad.dtype == jnp.float32 else NUM_STAGES
     partials = _pallas(kernel, name, out_shape, (9, chunks), len(inputs) + 1, stages)(*inputs, grad)
-    return split_weight_grads(partials.reshape(chunks, 9, total, cout), channels)
+    return split_weight_grads(partials.reshape(chunks, 9, total, cout), [channels])[0]
 
 
-def split_weight_grads(partials: jax.Array, channels: Sequence[int]) -> tuple[tuple[jax.Array, ...], jax.Array]:
-    """`weight_grad`'s result from partial sums (groups, 9, sum(channels) + 1, cout): per tap the kernels' rows, one
-    input after another, then the bias gradient's row (nonzero at the centre tap only)."""
+def split_weight_grads(
+    partials: jax.Array, layers: Sequence[Sequence[int]]
+) -> list[tuple[tuple[jax.Array, ...], jax.Array]]:
+    """Each layer's kernel and bias gradients (as `weight_grad`'s) from partial sums (groups, 9, rows, cout) of
+    several layers, ``layers`` giving each one's input channels: per tap every layer's kernel rows, one input after
+    another, then one bias row a layer (nonzero at the centre tap only)."""
     summed = partials.sum(0)
-    starts = [sum(channels[:i]) for i in range(len(channels))]
-    return tuple(summed[:, a : a + c] for a, c in zip(starts, channels, strict=True)), summed[4, -1]
+    bias_row, start, grads = sum(map(sum, layers)), 0, []
+    for layer, channels in enumerate(layers):
+        kernels = []
+        for c in channels:
+            kernels.append(summed[:, start : start + c])
+            start += c
+        grads.append((tuple(kernels), summed[4, bias_row + layer]))
+    return grads
+
+
+def weight_grads(layers: Sequence[tuple[Sequence[jax.Array], jax.Array]], layout: FlatLayout) -> list:
+    """`weight_grad` of several layers, given as (inputs, output gradient) pairs: one result a layer."""
+    return [weight_grad(inputs, grad, layout) for inputs, grad in layers]
 
 
 def _unchanged(a: jax.Array) -> jax.Array:
@@ -335,19 +349,19 @@ def padded_channels(c: int, dtype=None) -> int:
 
 
 class Ops(NamedTuple):
-    """The two kernels a DenseBlock is computed with, forward and backward: `conv` and `weight_grad` here (Pallas),
+    """The two kernels a DenseBlock is computed with, forward and backward: `conv` and `weight_grads` here (Pallas),
     or the CUDA ones of `irrm_jax.cuda_kernels` (same arguments and results); ``operand`` prepares the block's input,
     kernels and output gradient for them, once a block (the CUDA kernels take float32 operands as TF32 values);
     ``channels(c, dtype)`` is the channel count they compute c channels with. Pallas reads each kernel from a copy
     of its part of the pack; CUDA reads the pack."""
 
     conv: Callable
-    weight_grad: Callable
+    weight_grads: Callable
     operand: Callable = _unchanged
     channels: Callable = padded_channels
 
 
-PALLAS = Ops(conv, weight_grad)
+PALLAS = Ops(conv, weight_grads)
 
 
 def pack_weights(ops: Ops, kernels: tuple, biases: tuple) -> WeightPack:
@@ -364,12 +378,10 @@ def pack_weights(ops: Ops, kernels: tuple, biases: tuple) -> WeightPack:
 def layer_grads(ops: Ops, layout: FlatLayout, pack: WeightPack, inputs: Sequence, grads: Sequence) -> tuple:
     """The kernel gradients (a tuple of per-input ones a layer, in the pack's dtype) and the bias gradients of
     layers that read ``inputs[k]`` (flat arrays) and whose outputs have the gradients ``grads[k]``."""
-    kernel_grads, bias_grads = [], []
-    for layer_inputs, grad in zip(inputs, grads, strict=True):
-        kernels, bias = ops.weight_grad(layer_inputs, grad, layout)
-        kernel_grads.append(tuple(k.astype(pack.buffer.dtype) for k in kernels))
-        bias_grads.append(bias.astype(grad.dtype))
-    return tuple(kernel_grads), tuple(bias_grads)
+    results = ops.weight_grads(list(zip(inputs, grads, strict=True)), layout)
+    kernel_grads = tuple(tuple(k.astype(pack.buffer.dtype) for k in kernels) for kernels, _ in results)
+    bias_grads = tuple(bias.astype(grad.dtype) for (_, bias), grad in zip(results, grads, strict=True))
+    return kernel_grads, bias_grads
 
 
 def _forward(layout, ops, x, pack, layers):

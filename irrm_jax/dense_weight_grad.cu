@@ -1,14 +1,17 @@
-// The DenseBlock's kernel and bias gradients (irrm_jax/cuda_kernels.py, speed option dense_cuda) as an XLA FFI
-// handler: the partial sums of dense_kernels.weight_grad from the same flat arrays.
+// The kernel and bias gradients of the flat layout's convolutions (irrm_jax/cuda_kernels.py, speed option dense_cuda)
+// as an XLA FFI handler: the partial sums of dense_kernels.weight_grad from the same flat arrays, for several layers
+// of one output width at once (a block's layers, each pairing its inputs with its output's gradient).
 //
 // A tap's kernel gradient is a product summed over pixels, dW[tap] = sum_p x(p + offset(tap))^T g(p). A block sums
-// it for one 16-channel chunk of the inputs and NT output channels over a range of tiles of 4 image lines x S pixels:
-// per tile it stages (cp.async, pipelined) the gradient's tile and the chunk's input tile with its one-pixel halo in
-// shared memory, and each warp (one line of the tile) takes all nine taps' products from there (mma.sync, D = G^T X:
-// output channels as rows, pixels summed), the gradient's fragment loaded once for the nine. The bias gradient is
-// the same product with a matrix of ones, in the first chunk's blocks. The four warps' sums are added in shared
-// memory; a block writes its partial out[group][tap][channel][cout] (the bias as the last channel, nonzero at the
-// centre tap only, as dense_kernels.weight_grad), and XLA adds the groups: no atomics, deterministic sums.
+// it for one 16-channel chunk of one layer's inputs and NT output channels over a range of tiles of 4 image lines x S
+// pixels: per tile it stages (cp.async, pipelined) the layer's gradient tile and the chunk's input tile with its
+// one-pixel halo in shared memory, and each warp (one line of the tile) takes all nine taps' products from there
+// (mma.sync, D = G^T X: output channels as rows, pixels summed), the gradient's fragment loaded once for the nine.
+// A bias gradient is the same product with a matrix of ones, in the blocks of its layer's first chunk. The four
+// warps' sums are added in shared memory; a block writes its partial out[group][tap][row][cout] (rows: every input's
+// channels, then one bias row a layer, nonzero at the centre tap only, as dense_kernels.weight_grad), and XLA adds
+// the groups: no atomics, deterministic sums. One call for all of a block's layers fills the GPU with fewer groups
+// a layer than a call a layer would: fewer partials to write and add, fewer launches.
 #include "dense_cuda.cuh"
 
 namespace {
@@ -19,19 +22,22 @@ constexpr int kLines = 4;  // image lines a tile has (one a warp)
 constexpr int kTileLines = kLines + 2;
 constexpr int kChunk = 16;  // input channels a block sums for
 constexpr int kMaxChunks = 64;
+constexpr int kMaxPairs = 16;  // inputs of one call, all layers' (an IRN DenseBlock's first four layers read 10)
 constexpr uint32_t kOnesBf16 = 0x3F803F80u;  // two bfloat16 ones
 constexpr uint32_t kOneTf32 = 0x3F800000u;
 
 struct Params {
-  const char* x[kMaxInputs];  // flat inputs (rows, c[i])
-  int c[kMaxInputs];
+  const char* x[kMaxPairs];  // flat inputs (rows, c[i])
+  int c[kMaxPairs];
+  int grad_of[kMaxPairs];  // the layer (its output's gradient) that input i belongs to
   int chunk_input[kMaxChunks], chunk_channel[kMaxChunks];  // a chunk's input, and its first channel there
-  const char* g;                                           // the output's gradient, flat (rows, cout)
-  float* out;                                              // (groups, 9, total, cout)
-  long long x_step[kMaxInputs], g_step, out_step;          // member steps (dense_cuda.cuh)
+  int chunk_bias[kMaxChunks];  // the bias row a chunk's blocks also sum (its layer's first chunk), else -1
+  const char* g[kMaxPairs];    // the layers' output gradients, flat (rows, cout)
+  float* out;                  // (groups, 9, total, cout)
+  long long x_step[kMaxPairs], g_step[kMaxPairs], out_step;  // member steps (dense_cuda.cuh)
   long long rows, margin;
-  int lines, w2, cout, total;  // lines = n * (h + 2); w2 = w + 2; total = all inputs' channels + 1 (the bias)
-  int col_tiles, tiles, groups, members;
+  int lines, w2, cout, total;  // lines = n * (h + 2); w2 = w + 2; total = all inputs' channels + a bias row a layer
+  int chunks, col_tiles, tiles, groups, members;
 };
 
 // Byte offset of 16-byte segment `seg` of row `row` in a staged region of RB-byte rows, swizzled against bank
@@ -65,7 +71,8 @@ __device__ __forceinline__ void load_stage(const Params& p, int member, int chun
   using St = Stage<T, NT, S>;
   const int line0 = (tile / p.col_tiles) * kLines, col0 = (tile % p.col_tiles) * S;
   constexpr int kGradSegs = St::kGradRow / 16, kInputSegs = St::kInputRow / 16;
-  const char* g = p.g + member * p.g_step;
+  const int input = p.chunk_input[chunk], layer = p.grad_of[input];
+  const char* g = p.g[layer] + member * p.g_step[layer];
   for (int i = threadIdx.x; i < kLines * S * kGradSegs; i += blockDim.x) {
     const int r = i / kGradSegs, seg = i % kGradSegs;
     const int line = line0 + r / S, col = col0 + r % S;
@@ -74,7 +81,6 @@ __device__ __forceinline__ void load_stage(const Params& p, int member, int chun
     cp_async16(smem + swizzled<T, St::kGradRow>(r, seg), g + (row * p.cout + n0) * (long long)sizeof(T) + seg * 16,
                valid);
   }
-  const int input = p.chunk_input[chunk];
   const char* x = p.x[input] + member * p.x_step[input] + p.chunk_channel[chunk] * sizeof(T);
   const long long row_bytes = (long long)p.c[input] * sizeof(T);
   for (int i = threadIdx.x; i < kTileLines * St::kCols * kInputSegs; i += blockDim.x) {
@@ -211,7 +217,7 @@ __global__ void __launch_bounds__(128, 2) dense_weight_grad_kernel(const __grid_
                            smem + ((s + kStages - 1) % kStages) * St::kBytes);
     cp_async_commit();
     const uint32_t grad = smem + (s % kStages) * St::kBytes;
-    accumulate<T, NT, S>(grad, grad + St::kInput, warp, lane, chunk == 0, acc, bias);
+    accumulate<T, NT, S>(grad, grad + St::kInput, warp, lane, p.chunk_bias[chunk] >= 0, acc, bias);
   }
   cp_async_wait<0>();
   __syncthreads();
@@ -244,7 +250,7 @@ __global__ void __launch_bounds__(128, 2) dense_weight_grad_kernel(const __grid_
     const int channel = chunk * kChunk + channel_of_column<T>(q >> 2, 2 * (l & 3) + (q & 1));
     out[((long long)tap * p.total + channel) * p.cout + cout] = v;
   }
-  if (chunk != 0) return;
+  if (p.chunk_bias[chunk] < 0) return;
   for (int e = threadIdx.x; e < 9 * NT; e += blockDim.x) {  // the bias row of every tap: the sums at the centre tap
     const int tap = e / NT, j = e % NT;
     float v = 0.f;
@@ -253,7 +259,7 @@ __global__ void __launch_bounds__(128, 2) dense_weight_grad_kernel(const __grid_
 #pragma unroll
       for (int w = 0; w < kLines; ++w) v += bias_sums[(w * kBiasSums + idx) * 32 + l];
     }
-    out[((long long)tap * p.total + p.total - 1) * p.cout + n0 + j] = v;
+    out[((long long)tap * p.total + p.chunk_bias[chunk]) * p.cout + n0 + j] = v;
   }
 }
 
@@ -263,8 +269,7 @@ cudaError_t launch(const Params& p, cudaStream_t stream) {
   constexpr int smem = shared_bytes<T, NT, S>();
   cudaError_t err = allow_shared_memory<kernel>(smem);
   if (err != cudaSuccess) return err;
-  const int chunks = (p.total - 1) / kChunk;
-  kernel<<<dim3(p.groups, chunks, p.cout / NT * p.members), 128, smem, stream>>>(p);
+  kernel<<<dim3(p.groups, p.chunks, p.cout / NT * p.members), 128, smem, stream>>>(p);
   return cudaGetLastError();
 }
 
@@ -279,32 +284,49 @@ cudaError_t launch_width(const Params& p, int s, cudaStream_t stream) {
 }
 
 ffi::Error DenseWeightGradImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Result<ffi::AnyBuffer> out, int64_t n,
-                               int64_t h, int64_t w, int64_t margin) {
-  const int n_inputs = (int)args.size() - 1;  // the inputs, then the gradient
-  if (n_inputs < 1 || n_inputs > kMaxInputs) return ffi::Error::InvalidArgument("dense_weight_grad: 1 to 8 inputs");
-  auto g = args.get<ffi::AnyBuffer>(n_inputs);
-  if (g.has_error()) return g.error();
-  const auto dtype = g->element_type();
-  if (dtype != ffi::DataType::BF16 && dtype != ffi::DataType::F32)
-    return ffi::Error::InvalidArgument("dense_weight_grad: bfloat16 or float32 only");
+                               int64_t h, int64_t w, int64_t margin, ffi::Span<const int64_t> grad_of) {
+  const int n_inputs = (int)grad_of.size(), n_grads = (int)args.size() - n_inputs;  // the inputs, then the gradients
+  if (n_inputs < 1 || n_inputs > kMaxPairs) return ffi::Error::InvalidArgument("dense_weight_grad: 1 to 16 inputs");
+  if (n_grads < 1 || n_grads > n_inputs)
+    return ffi::Error::InvalidArgument("dense_weight_grad: one output gradient a layer, each read by an input");
   if (out->element_type() != ffi::DataType::F32)
     return ffi::Error::InvalidArgument("dense_weight_grad: float32 sums");
-  const int elem = dtype == ffi::DataType::BF16 ? 2 : 4;
   Params p{};
   const int64_t members = members_of(*out, 4);
   p.members = (int)members;
   p.out_step = member_step(*out, 4, members);
-  p.g = static_cast<const char*>(g->untyped_data());
-  p.g_step = member_step(*g, 2, members);
-  bool steps_ok = p.out_step >= 0 && p.g_step >= 0;
-  p.rows = extent(*g, 2, 0);
-  p.cout = (int)extent(*g, 2, 1);
+  bool steps_ok = p.out_step >= 0;
+  ffi::DataType dtype = ffi::DataType::INVALID;
+  for (int j = 0; j < n_grads; ++j) {
+    auto g = args.get<ffi::AnyBuffer>(n_inputs + j);
+    if (g.has_error()) return g.error();
+    if (j == 0) {
+      dtype = g->element_type();
+      p.rows = extent(*g, 2, 0);
+      p.cout = (int)extent(*g, 2, 1);
+    }
+    if (g->element_type() != dtype || extent(*g, 2, 0) != p.rows || extent(*g, 2, 1) != p.cout)
+      return ffi::Error::InvalidArgument("dense_weight_grad: the output gradients must have one dtype and shape");
+    p.g[j] = static_cast<const char*>(g->untyped_data());
+    p.g_step[j] = member_step(*g, 2, members);
+    steps_ok = steps_ok && p.g_step[j] >= 0;
+  }
+  if (dtype != ffi::DataType::BF16 && dtype != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("dense_weight_grad: bfloat16 or float32 only");
+  const int elem = dtype == ffi::DataType::BF16 ? 2 : 4;
   if (p.cout % 16 != 0) return ffi::Error::InvalidArgument("dense_weight_grad: output channels: a multiple of 16");
-  int chunks = 0;
+  int chunks = 0, layers_seen = 0;
   for (int i = 0; i < n_inputs; ++i) {
     auto x = args.get<ffi::AnyBuffer>(i);
     if (x.has_error()) return x.error();
     if (x->element_type() != dtype) return ffi::Error::InvalidArgument("dense_weight_grad: one dtype for all");
+    // the layers in order, each one run of inputs: layer j's bias row is summed by its first chunk's blocks
+    const int layer = (int)grad_of[i];
+    if (layer < 0 || (layer != layers_seen - 1 && layer != layers_seen))
+      return ffi::Error::InvalidArgument("dense_weight_grad: grad_of must run 0, 0, ..., 1, ... (layers in order)");
+    const bool first = layer == layers_seen;
+    layers_seen += first;
+    p.grad_of[i] = layer;
     p.x[i] = static_cast<const char*>(x->untyped_data());
     p.x_step[i] = member_step(*x, 2, members);
     steps_ok = steps_ok && p.x_step[i] >= 0;
@@ -314,14 +336,20 @@ ffi::Error DenseWeightGradImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi
       if (chunks == kMaxChunks) return ffi::Error::InvalidArgument("dense_weight_grad: at most 1024 channels");
       p.chunk_input[chunks] = i;
       p.chunk_channel[chunks] = j;
+      p.chunk_bias[chunks] = first && j == 0 ? layer : -1;  // the layer index for now, a row below
     }
   }
+  if (layers_seen != n_grads)
+    return ffi::Error::InvalidArgument("dense_weight_grad: every output gradient needs an input (grad_of)");
   if (!steps_ok)
     return ffi::Error::InvalidArgument("dense_weight_grad: operands batched over one leading axis (vmap) at most");
-  p.total = chunks * kChunk + 1;
+  p.chunks = chunks;
+  p.total = chunks * kChunk + n_grads;
+  for (int k = 0; k < chunks; ++k)
+    if (p.chunk_bias[k] >= 0) p.chunk_bias[k] += chunks * kChunk;
   if (out->dimensions().size() < 4 || extent(*out, 4, 1) != 9 || extent(*out, 4, 2) != p.total ||
       extent(*out, 4, 3) != p.cout)
-    return ffi::Error::InvalidArgument("dense_weight_grad: the output is (groups, 9, channels + 1, cout)");
+    return ffi::Error::InvalidArgument("dense_weight_grad: the output is (groups, 9, channels + layers, cout)");
   p.groups = (int)extent(*out, 4, 0);
   p.out = static_cast<float*>(out->untyped_data());
   p.margin = margin;
@@ -352,5 +380,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IrrmDenseWeightGrad, DenseWeightGradImpl,
                                   .Attr<int64_t>("n")
                                   .Attr<int64_t>("h")
                                   .Attr<int64_t>("w")
-                                  .Attr<int64_t>("margin"),
+                                  .Attr<int64_t>("margin")
+                                  .Attr<ffi::Span<const int64_t>>("grad_of"),
                               {ffi::Traits::kCmdBufferCompatible});

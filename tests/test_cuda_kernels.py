@@ -145,26 +145,40 @@ def test_conv_matches_xla(shape, cout, epilogue, transpose, dtype, tolerance):
 @pytest.mark.parametrize("cout", [16, 32, 48, 64])
 @pytest.mark.parametrize("shape", [(2, 8, 62), (1, 9, 13), (2, 5, 76)])  # tile lines of 64, 48 and 80 pixels
 @pytest.mark.parametrize("blocks", [1, cuda_kernels.WEIGHT_GRAD_BLOCKS])  # one block summing every tile, or many
-def test_weight_grad_matches_xla(blocks, shape, cout, dtype, tolerance, monkeypatch):
-    """Inputs of 16, 32 and 32 channels: the kernel and bias gradients against XLA's at full precision."""
+def test_weight_grads_match_xla(blocks, shape, cout, dtype, tolerance, monkeypatch):
+    """Three layers: one reading inputs of 16 and 32 channels, one reading that 32-channel input again (as a
+    DenseBlock's layers share inputs), both of cout outputs (one call), and one of another output width (a call of
+    its own): each layer's kernel and bias gradients against XLA's at full precision."""
     monkeypatch.setattr(cuda_kernels, "WEIGHT_GRAD_BLOCKS", blocks)
     layout = dk.FlatLayout(*shape)
-    channels = (16, 32, 32)
-    xs, g = [operand(normal(*shape, c), dtype) for c in channels], operand(normal(*shape, cout), dtype)
-    kernel = jnp.zeros((3, 3, sum(channels), cout))
-    with jax.default_matmul_precision("highest"):
-        _, vjp = jax.vjp(lambda k: conv3x3(jnp.concatenate(xs, -1), k, jnp.float32), kernel)
-        (want,) = vjp(g)
-    want = want.reshape(9, sum(channels), cout)
-    grads, bias = cuda_kernels.weight_grad(
-        [dk.to_flat(x.astype(dtype), layout, c) for x, c in zip(xs, channels, strict=True)],
-        dk.to_flat(g.astype(dtype), layout, cout),
-        layout,
-    )
-    got = jnp.concatenate(grads, axis=1)
-    assert got.shape == want.shape and got.dtype == jnp.float32
-    assert float(jnp.linalg.norm(got - want) / jnp.linalg.norm(want)) < tolerance
-    chex.assert_trees_all_close(bias, jnp.sum(g, (0, 1, 2)), atol=tolerance * float(jnp.max(jnp.abs(bias))))
+    xs = [operand(normal(*shape, c), dtype) for c in (16, 32, 32)]
+    layers = [((0, 1), cout), ((1,), cout), ((2,), 32 if cout == 16 else 16)]  # (the inputs read, output width)
+    gs = [operand(normal(*shape, width), dtype) for _, width in layers]
+    flat = [dk.to_flat(a.astype(dtype), layout, a.shape[-1]) for a in xs + gs]
+    pairs = [([flat[i] for i in ins], flat[3 + k]) for k, (ins, _) in enumerate(layers)]
+    got = cuda_kernels.weight_grads(pairs, layout)
+    for (ins, width), g, (grads, bias) in zip(layers, gs, got, strict=True):
+        x = jnp.concatenate([xs[i] for i in ins], -1)
+        with jax.default_matmul_precision("highest"):
+            _, vjp = jax.vjp(lambda k, x=x: conv3x3(x, k, jnp.float32), jnp.zeros((3, 3, x.shape[-1], width)))
+            (want,) = vjp(g)
+        want = want.reshape(9, x.shape[-1], width)
+        kernel = jnp.concatenate(grads, axis=1)
+        assert [k.shape[1] for k in grads] == [xs[i].shape[-1] for i in ins]
+        assert kernel.shape == want.shape and kernel.dtype == jnp.float32
+        assert float(jnp.linalg.norm(kernel - want) / jnp.linalg.norm(want)) < tolerance
+        chex.assert_trees_all_close(bias, jnp.sum(g, (0, 1, 2)), atol=tolerance * float(jnp.max(jnp.abs(bias))))
+
+
+def test_one_kernel_gradient_call_for_the_layers_of_each_width_within_its_limits():
+    def layer(*channels, width=32):
+        return [jnp.zeros((1, c)) for c in channels], jnp.zeros((1, width))
+
+    assert cuda_kernels._calls([layer(16), layer(32, width=16), layer(16, 32), layer(32)]) == [[0, 2, 3], [1]]
+    many = [layer(16, 16, 16)] * 6  # 18 inputs: 5 layers (15 inputs) in a call, then one
+    assert cuda_kernels._calls(many) == [[0, 1, 2, 3, 4], [5]]
+    wide = [layer(512), layer(256, 256), layer(16)]  # 1,040 channels: the third layer in a call of its own
+    assert cuda_kernels._calls(wide) == [[0, 1], [2]]
 
 
 @needs_gpu
@@ -190,8 +204,8 @@ def test_vmapped_calls_compute_each_member_as_a_separate_call(epilogue, dtype):
         pack = dk.WeightPack.of({"k0": k0, "k1": k1})
         return cuda_kernels.conv([shared, x1], pack, ["k0", "k1"], layout, epilogue, extra, transpose=True)
 
-    def partials(x1, g):
-        return cuda_kernels.weight_grad_partials([shared, x1], g, layout)
+    def partials(x1, g):  # two layers, the second's gradient shared by the members
+        return cuda_kernels.weight_grad_partials([([shared, x1], g), ([x1], own[0])], layout)
 
     batched_out = jax.jit(jax.vmap(conv))(own, k0, k1, extra)
     batched_partials = jax.jit(jax.vmap(partials))(own, batched_out)
@@ -221,7 +235,7 @@ def test_partials_under_full_float32_are_a_clear_error():
     layout = dk.FlatLayout(1, 4, 4)
     x = dk.to_flat(normal(1, 4, 4, 16), layout, 16)
     with jax.default_matmul_precision("highest"), pytest.raises(ValueError, match="full float32"):
-        cuda_kernels.weight_grad_partials([x], x, layout)
+        cuda_kernels.weight_grad_partials([([x], x)], layout)
 
 
 PALLAS_TRITON_DEPRECATED = "ignore:The Pallas Triton backend is deprecated:DeprecationWarning"  # jax 0.11 on GPUs

@@ -107,6 +107,19 @@ def test_weight_grad_matches_autodiff(monkeypatch, programs):
     chex.assert_trees_all_close(bias, jnp.sum(g, axis=(0, 1, 2)), atol=1e-5, rtol=1e-5)
 
 
+def test_split_weight_grads_sums_the_groups_and_finds_each_layers_rows():
+    """Partials of two layers (inputs of 2 + 1 channels, then 3): per tap the kernels' rows, then a bias row a layer."""
+    partials = jnp.arange(2 * 9 * 8 * 4, dtype=jnp.float32).reshape(2, 9, 8, 4)  # 2 groups, 6 channels + 2 bias rows
+    summed = partials[0] + partials[1]
+    (a, b), bias_a = dk.split_weight_grads(partials, [[2, 1], [3]])[0]
+    ((c,), bias_c) = dk.split_weight_grads(partials, [[2, 1], [3]])[1]
+    np.testing.assert_array_equal(a, summed[:, 0:2])
+    np.testing.assert_array_equal(b, summed[:, 2:3])
+    np.testing.assert_array_equal(c, summed[:, 3:6])
+    np.testing.assert_array_equal(bias_a, summed[4, 6])
+    np.testing.assert_array_equal(bias_c, summed[4, 7])
+
+
 def assert_same_sub_network(xla, kernels, x, features):
     """Sub-network ``kernels`` (on the Pallas kernels) has ``xla``'s parameters, outputs and gradients."""
     shapes = jax.eval_shape(xla.init, jax.random.key(0), x)["params"]
