@@ -313,7 +313,10 @@ def test_fused_g_and_h_are_the_same_model_in_fewer_calls(dtype, name):
         return jax.jit(jax.grad(loss(model))).lower(params).as_text().count("custom_call @irrm_dense_")
 
     separate, fused = (jax.jit(jax.value_and_grad(loss(m)))(params) for m in models)
-    tolerance = 1e-5 if dtype == jnp.float32 else 1e-2  # bfloat16: y1's two gradients are added in bfloat16
+    # The two add y1's gradients from G and H in different orders; a TF32 operand rounded downstream of that can
+    # then land one TF32 step (2**-11) apart. Measured on an H100 over 60 inputs x: at most 1.9e-4 relative (IRRM-S),
+    # 8.2e-5 (IRN); 57 of them below 1e-6. bfloat16: y1's two gradients are added in bfloat16.
+    tolerance = 2**-11 if dtype == jnp.float32 else 1e-2
     for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(separate), strict=True):
         assert float(jnp.linalg.norm(got - want)) <= tolerance * float(jnp.linalg.norm(want))
     assert calls(models[1]) < calls(models[0])
