@@ -42,7 +42,8 @@ HEADERS = [Path(__file__).with_name("dense_cuda.cuh")]
 TARGETS = {"irrm_dense_conv": "IrrmDenseConv", "irrm_dense_weight_grad": "IrrmDenseWeightGrad"}  # FFI name: symbol
 EPILOGUES = {"none": 0, "bias": 1, "bias_leaky": 2, "leaky_grad": 3}  # dense_conv.cu's `Epilogue`
 # Kernel-gradient blocks a call, about: groups of rows = this / the inputs' 16-channel chunks (fewer where there are
-# fewer tiles). 256 summed the training step's layers faster than 128 or 512 on an H100 (benchmarks/NOTES.md).
+# fewer tiles). 256 summed the training step's layers faster than 128 or 512 on an H100, a call a layer and again with
+# a call for a block's layers (benchmarks/NOTES.md).
 WEIGHT_GRAD_BLOCKS = 256
 MAX_INPUTS, MAX_CHANNELS = 16, 1024  # of one kernel-gradient call, all its layers' (dense_weight_grad.cu's limits)
 # Under jax.vmap (`coupling.AffineCoupling`'s fuse_gh: G and H as one network) each kernel runs once for all members:
@@ -190,9 +191,9 @@ def weight_grads(
     layers: Sequence[tuple[Sequence[jax.Array], jax.Array]], layout: FlatLayout
 ) -> list[tuple[tuple[jax.Array, ...], jax.Array]]:
     """`dense_kernels.weight_grads`, computed by the CUDA kernel (same arguments and results; errors as `conv`):
-    one call for the layers of each output width (up to `MAX_INPUTS` inputs and 1,024 channels a call), which fills
-    the GPU with fewer groups of rows a layer than a call a layer would. float32 inputs and gradients must be TF32
-    values (`tf32_operand`).
+    one call for the layers of each output width (up to `MAX_INPUTS` inputs and `MAX_CHANNELS` channels a call),
+    which fills the GPU with fewer groups of rows a layer than a call a layer would. float32 inputs and gradients
+    must be TF32 values (`tf32_operand`).
 
     A block sums one 16-channel chunk's products over a group of rows (`weight_grad_partials`); XLA adds the groups'
     partials.
