@@ -111,8 +111,7 @@ def test_split_weight_grads_sums_the_groups_and_finds_each_layers_rows():
     """Partials of two layers (inputs of 2 + 1 channels, then 3): per tap the kernels' rows, then a bias row a layer."""
     partials = jnp.arange(2 * 9 * 8 * 4, dtype=jnp.float32).reshape(2, 9, 8, 4)  # 2 groups, 6 channels + 2 bias rows
     summed = partials[0] + partials[1]
-    (a, b), bias_a = dk.split_weight_grads(partials, [[2, 1], [3]])[0]
-    ((c,), bias_c) = dk.split_weight_grads(partials, [[2, 1], [3]])[1]
+    ((a, b), bias_a), ((c,), bias_c) = dk.split_weight_grads(partials, [[2, 1], [3]])
     np.testing.assert_array_equal(a, summed[:, 0:2])
     np.testing.assert_array_equal(b, summed[:, 2:3])
     np.testing.assert_array_equal(c, summed[:, 3:6])
