@@ -4,11 +4,14 @@
 // (9, c, cout) for a convolution, or (9, cout, c) ones whose transposed convolution it computes (`transpose`: taps
 // reversed, the channel axes swapped; a DenseBlock's input gradients from its forward kernels).
 //
-// A block of 4 warps computes 4 image lines x MT * 16 pixels x NT output channels. Per step it stages, with cp.async
-// three steps deep, 32 bytes of channels of one input for the tile those outputs read (6 lines x MT * 16 + 2
-// pixels) and the nine taps' weights for them in shared memory, and takes all nine taps' matrix products from there
-// (ldmatrix at shifted rows, mma.sync with bf16 or tf32 operands, float32 sums): each input element is read from L2
-// about 1.5 times, against 9 times in the Pallas kernel, whose tap loads bound it (benchmarks/NOTES.md).
+// Two kernels. Line tiles (any width): a block of 4 warps computes 4 image lines x MT * 16 pixels x NT output
+// channels. Per step it stages, with cp.async three steps deep, 32 bytes of channels of one input for the tile those
+// outputs read (6 lines x MT * 16 + 2 pixels) and the nine taps' weights for them in shared memory, and takes all nine
+// taps' matrix products from there (ldmatrix at shifted rows, mma.sync with bf16 or tf32 operands, float32 sums):
+// each input element is read from L2 about 1.5 times, against 9 times in the Pallas kernel, whose tap loads bound it
+// (benchmarks/NOTES.md). Flat ranges (`warpgroup`: rows of up to 96 pixels, the training crops): Hopper's warpgroup
+// products on consecutive flat rows, both operands read from shared memory (below, `dense_conv_wgmma_kernel`); a
+// convolution's kernels then come as K-major copies (9, cout, c) at `kmajor_offsets`.
 // float32 operands must be TF32 values (dense_cuda.cuh); the epilogues that write feature maps or their gradients
 // round their float32 outputs to TF32 (only these kernels read them).
 #include "dense_cuda.cuh"
@@ -297,6 +300,190 @@ cudaError_t launch_direction(const Params& p, int epilogue, bool transpose, cuda
                    : launch_epilogue<T, NT, MT, false>(p, epilogue, stream);
 }
 
+// ---------------------------------------------------------------------------------------------------------------
+// The same convolution as Hopper warpgroup products (wgmma) on flat-range tiles, for narrow images (the training
+// crops: `cuda_kernels.warpgroup_products` decides). A block of kWarpgroups warpgroups computes kRangeRows
+// consecutive flat rows x NT outputs, each warpgroup kRangeTiles m64 tiles of them. A stage holds 32 bytes of channels
+// of one input for the rows [r0 - w2 - 1, r0 + kRangeRows + w2 + 1), 32-byte rows swizzled as the hardware reads
+// them (`wgmma_descriptor_32b`), and the nine taps' K-major weights (9 x NT rows of 32 bytes): a tap's A operand is
+// the same region from another start row, so the products read both operands from shared memory (no ldmatrix,
+// no registers for A) and a stage's 9 x kRangeTiles products a warpgroup are issued back to back. Stages are loaded
+// two ahead into four buffers; a buffer is loaded again once its products are waited for.
+constexpr int kWarpgroups = 3;
+constexpr int kRangeTiles = 2;  // m64 tiles a warpgroup
+constexpr int kRangeRows = kWarpgroups * kRangeTiles * 64;
+constexpr int kRangeBuffers = 4;
+constexpr int kRangeAhead = 2;
+constexpr int kRangeMaxRowWidth = 96;  // w2 at most (cuda_kernels.WARPGROUP_MAX_ROW_WIDTH): the shared memory allowed
+
+// Rows a stage holds for row width w2 (a multiple of 8), and its bytes (1 KB multiples: every stage starts on a
+// 256-byte boundary, which the swizzle needs).
+__host__ __device__ constexpr int range_stage_rows(int w2) { return (kRangeRows + 2 * (w2 + 1) + 7) / 8 * 8; }
+__host__ __device__ constexpr int range_input_bytes(int w2) { return (range_stage_rows(w2) * kRowBytes + 1023) / 1024 * 1024; }
+template <int NT>
+__host__ __device__ constexpr int range_stage_bytes(int w2) {
+  return range_input_bytes(w2) + (9 * NT * kRowBytes + 1023) / 1024 * 1024;
+}
+
+template <typename T, int NT, int EPI, bool TRANS>
+__global__ void __launch_bounds__(128 * kWarpgroups, 1) dense_conv_wgmma_kernel(const __grid_constant__ Params p) {
+  extern __shared__ __align__(128) char smem_raw[];
+  const uint32_t smem = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;  // 1 KB aligned
+  constexpr int kc = 32 / sizeof(T);
+  if ((int)blockIdx.x >= p.tiles) {  // a margin block: zero its share of the rows outside the image lines
+    if (blockIdx.y != 0) return;
+    const long long row_bytes = (long long)p.cout * sizeof(T);
+    const long long head = p.zero_head * row_bytes / 16, tail = (p.rows - p.zero_tail) * row_bytes / 16;
+    char* member_out = p.out + blockIdx.z * p.out_step;
+    int4* out = reinterpret_cast<int4*>(member_out);
+    int4* out_tail = reinterpret_cast<int4*>(member_out + p.zero_tail * row_bytes);
+    for (long long i = (blockIdx.x - p.tiles) * blockDim.x + threadIdx.x; i < head + tail;
+         i += (long long)kZeroBlocks * blockDim.x)
+      (i < head ? out[i] : out_tail[i - head]) = make_int4(0, 0, 0, 0);
+    return;
+  }
+  const int halo = p.w2 + 1, rows = range_stage_rows(p.w2);
+  const int input_bytes = range_input_bytes(p.w2), stage_bytes = range_stage_bytes<NT>(p.w2);
+  const long long r0 = p.zero_head + (long long)blockIdx.x * kRangeRows;
+  const int n0 = blockIdx.y * NT;
+  int total = 0;
+  for (int i = 0; i < p.n_inputs; ++i) total += p.c[i] / kc;
+
+  // stage order: input 0's chunks, then input 1's, ...
+  int load_input = 0, load_chunk = 0;
+  auto load_stage = [&](uint32_t stage) {
+    const int c = p.c[load_input];
+    const char* x = p.x[load_input] + blockIdx.z * p.x_step[load_input] + (size_t)load_chunk * 32;
+    for (int i = threadIdx.x; i < rows * 2; i += blockDim.x) {
+      const int r = i >> 1, half = i & 1;
+      const long long row = r0 - halo + r;
+      const bool valid = row >= 0 && row < p.rows;
+      cp_async16(stage + ldmatrix_swizzled<kRowBytes>(r, half), x + (valid ? row : 0) * c * (long long)sizeof(T) + half * 16,
+                 valid);
+    }
+    // weights (9, cout, c): a transposed convolution's tap t is the kernel's 8 - t
+    const char* w = p.w[load_input] + blockIdx.z * p.w_step[load_input] + (size_t)load_chunk * 32;
+    for (int i = threadIdx.x; i < 9 * NT * 2; i += blockDim.x) {
+      const int r = i >> 1, half = i & 1;
+      const int tap = r / NT, n = r - tap * NT;
+      const char* src = w + ((long long)((TRANS ? 8 - tap : tap) * p.cout + n0 + n) * c) * sizeof(T) + half * 16;
+      cp_async16(stage + input_bytes + ldmatrix_swizzled<kRowBytes>(r, half), src, true);
+    }
+    if (++load_chunk == p.c[load_input] / kc) {
+      load_chunk = 0;
+      ++load_input;
+    }
+  };
+  for (int s = 0; s < kRangeAhead; ++s) {
+    if (s < total) load_stage(smem + s * stage_bytes);
+    cp_async_commit();
+  }
+
+  const int group = threadIdx.x >> 7;  // warpgroup
+  float acc[kRangeTiles][NT / 8][4];
+#pragma unroll
+  for (int m = 0; m < kRangeTiles; ++m)
+#pragma unroll
+    for (int j = 0; j < NT / 8; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[m][j][q] = 0.f;
+
+  for (int s = 0; s < total; ++s) {
+    cp_async_wait<kRangeAhead - 1>();
+    fence_proxy_async();
+    __syncthreads();  // stage s is in; stage s - 2's products are done (each warpgroup waited for them below)
+    if (s + kRangeAhead < total) load_stage(smem + ((s + kRangeAhead) % kRangeBuffers) * stage_bytes);
+    cp_async_commit();
+    const uint32_t stage = smem + (s % kRangeBuffers) * stage_bytes;
+    const uint32_t first = stage + (group * kRangeTiles * 64 + halo) * kRowBytes;
+    wgmma_fence();
+#pragma unroll
+    for (int tap = 0; tap < 9; ++tap) {
+      const int offset = (tap / 3 - 1) * p.w2 + (tap % 3 - 1);
+      const uint64_t b = wgmma_descriptor_32b(stage + input_bytes + tap * NT * kRowBytes);
+#pragma unroll
+      for (int m = 0; m < kRangeTiles; ++m)
+        wgmma<T, NT / 8>(acc[m], wgmma_descriptor_32b(first + (m * 64 + offset) * kRowBytes), b);
+    }
+    wgmma_commit();
+    wgmma_wait<1>();
+  }
+  wgmma_wait<0>();
+
+  // Epilogue: accumulator element q of (m, j) is row m * 64 + 16 * warp + lane / 4 + 8 * (q / 2) of the warpgroup's
+  // rows, channel j * 8 + 2 * (lane % 4) + q % 2. The epilogue's operands are all loaded before the first store (a
+  // store may alias them as far as the compiler knows, and a load after it would wait for it).
+  const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  const long long row0 = r0 + group * kRangeTiles * 64 + 16 * warp + (lane >> 2);
+  T* out = reinterpret_cast<T*>(p.out + blockIdx.z * p.out_step);
+  const T* extra = reinterpret_cast<const T*>(p.extra + blockIdx.z * p.extra_step);
+  float operand[kRangeTiles][2][NT / 8][2];  // the bias, or kLeakyGrad's activations, at each accumulator element
+#pragma unroll
+  for (int m = 0; m < kRangeTiles; ++m)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const long long row = min(row0 + m * 64 + 8 * half, p.zero_tail - 1);
+#pragma unroll
+      for (int j = 0; j < NT / 8; ++j) {
+        const int n = n0 + j * 8 + 2 * (lane & 3);
+        if (EPI == kBias || EPI == kBiasLeaky) load_pair(extra + n, operand[m][half][j][0], operand[m][half][j][1]);
+        if (EPI == kLeakyGrad) load_pair(extra + row * p.cout + n, operand[m][half][j][0], operand[m][half][j][1]);
+      }
+    }
+#pragma unroll
+  for (int m = 0; m < kRangeTiles; ++m)
+#pragma unroll
+    for (int half = 0; half < 2; ++half) {
+      const long long row = row0 + m * 64 + 8 * half;
+      if (row >= p.zero_tail) continue;
+      const long long q = row - p.zero_head;
+      const int x = (int)(q % p.w2), y = (int)(q / p.w2 % p.h2);
+      const bool inside = x >= 1 && x <= p.w2 - 2 && y >= 1 && y <= p.h2 - 2;
+#pragma unroll
+      for (int j = 0; j < NT / 8; ++j) {
+        float v[2] = {acc[m][j][2 * half], acc[m][j][2 * half + 1]};
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float o = operand[m][half][j][e];
+          if (EPI == kBias || EPI == kBiasLeaky) v[e] += o;
+          if (EPI == kBiasLeaky) v[e] = v[e] >= 0.f ? v[e] : kSlope * v[e];
+          if (EPI == kLeakyGrad) v[e] = o >= 0.f ? v[e] : kSlope * v[e];
+          if (sizeof(T) == 4 && (EPI == kBiasLeaky || EPI == kLeakyGrad)) v[e] = to_tf32(v[e]);  // read by kernels only
+          if (!inside) v[e] = 0.f;
+        }
+        store_pair(out + row * p.cout + n0 + j * 8 + 2 * (lane & 3), v[0], v[1]);
+      }
+    }
+}
+
+template <typename T, int NT, int EPI, bool TRANS>
+cudaError_t launch_wgmma(Params p, cudaStream_t stream) {
+  constexpr auto kernel = dense_conv_wgmma_kernel<T, NT, EPI, TRANS>;
+  const int smem = kRangeBuffers * range_stage_bytes<NT>(p.w2) + 1024;  // + the alignment to 1 KB
+  cudaError_t err = allow_shared_memory<kernel>(kRangeBuffers * range_stage_bytes<NT>(kRangeMaxRowWidth) + 1024);
+  if (err != cudaSuccess) return err;
+  p.tiles = (int)((p.zero_tail - p.zero_head + kRangeRows - 1) / kRangeRows);
+  dim3 grid(p.tiles + kZeroBlocks, p.cout / NT, p.members);
+  kernel<<<grid, 128 * kWarpgroups, smem, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <typename T, int NT, bool TRANS>
+cudaError_t launch_wgmma_epilogue(const Params& p, int epilogue, cudaStream_t stream) {
+  switch (epilogue) {
+    case kNone: return launch_wgmma<T, NT, kNone, TRANS>(p, stream);
+    case kBias: return launch_wgmma<T, NT, kBias, TRANS>(p, stream);
+    case kBiasLeaky: return launch_wgmma<T, NT, kBiasLeaky, TRANS>(p, stream);
+    default: return launch_wgmma<T, NT, kLeakyGrad, TRANS>(p, stream);
+  }
+}
+
+template <typename T, int NT>
+cudaError_t launch_wgmma_direction(const Params& p, int epilogue, bool transpose, cudaStream_t stream) {
+  return transpose ? launch_wgmma_epilogue<T, NT, true>(p, epilogue, stream)
+                   : launch_wgmma_epilogue<T, NT, false>(p, epilogue, stream);
+}
+
 // The line width in m16 tiles: of 4, 3 and 5, the least wasteful for a row width w2 (4 on ties). Narrower blocks
 // were slower in every layer measured (benchmarks/NOTES.md).
 int tiles_a_line(int w2) { return least_waste(w2, {64, 48, 80}) / 16; }
@@ -312,11 +499,18 @@ cudaError_t launch_width(const Params& p, int mt, int epilogue, bool transpose, 
 
 ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Result<ffi::AnyBuffer> out, int64_t n,
                          int64_t h, int64_t w, int64_t margin, int64_t n_inputs, int64_t epilogue,
-                         ffi::Span<const int64_t> kernel_offsets, int64_t bias_offset, bool transpose) {
+                         ffi::Span<const int64_t> kernel_offsets, ffi::Span<const int64_t> kmajor_offsets,
+                         int64_t bias_offset, bool transpose, bool warpgroup) {
   if (n_inputs < 1 || n_inputs > kMaxInputs) return ffi::Error::InvalidArgument("dense_conv: 1 to 8 inputs");
   if (epilogue < kNone || epilogue > kLeakyGrad) return ffi::Error::InvalidArgument("dense_conv: unknown epilogue");
   if ((int64_t)kernel_offsets.size() != n_inputs)
     return ffi::Error::InvalidArgument("dense_conv: one kernel offset an input");
+  // the warpgroup kernel reads K-major kernels (9, cout, c): a transposed convolution's own, a convolution's copies
+  const bool kmajor = warpgroup && !transpose;
+  if (kmajor && (int64_t)kmajor_offsets.size() != n_inputs)
+    return ffi::Error::InvalidArgument("dense_conv: one K-major kernel offset an input for warpgroup products");
+  if (warpgroup && w + 2 > kRangeMaxRowWidth)
+    return ffi::Error::InvalidArgument("dense_conv: warpgroup products take rows of at most 96 pixels (w <= 94)");
   const bool with_bias = epilogue == kBias || epilogue == kBiasLeaky;
   const int with_activation = epilogue == kLeakyGrad ? 1 : 0;
   if ((int64_t)args.size() != n_inputs + 1 + with_activation)
@@ -348,7 +542,7 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
     p.c[i] = (int)extent(*x, 2, 1);
     if (p.c[i] % kc != 0) return ffi::Error::InvalidArgument("dense_conv: channels must be a multiple of 32 bytes");
     // each kernel (9, cout, c) inside the pack, at a 16-byte boundary (the staging copies 16 bytes at a time)
-    const int64_t offset = kernel_offsets[i];
+    const int64_t offset = kmajor ? kmajor_offsets[i] : kernel_offsets[i];
     if (offset < 0 || offset * elem % 16 != 0 || offset + 9LL * p.cout * p.c[i] > pack_size)
       return ffi::Error::InvalidArgument("dense_conv: a kernel offset outside the pack or not at 16 bytes");
     p.w[i] = weights + offset * elem;
@@ -382,7 +576,13 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
   p.zero_tail = p.margin + (long long)p.lines * p.w2;
   cudaError_t err;
   const bool nt32 = p.cout % 32 == 0;
-  if (dtype == ffi::DataType::BF16)
+  if (warpgroup && dtype == ffi::DataType::BF16)
+    err = nt32 ? launch_wgmma_direction<__nv_bfloat16, 32>(p, (int)epilogue, transpose, stream)
+               : launch_wgmma_direction<__nv_bfloat16, 16>(p, (int)epilogue, transpose, stream);
+  else if (warpgroup)
+    err = nt32 ? launch_wgmma_direction<float, 32>(p, (int)epilogue, transpose, stream)
+               : launch_wgmma_direction<float, 16>(p, (int)epilogue, transpose, stream);
+  else if (dtype == ffi::DataType::BF16)
     err = nt32 ? launch_width<__nv_bfloat16, 32>(p, mt, (int)epilogue, transpose, stream)
                : launch_width<__nv_bfloat16, 16>(p, mt, (int)epilogue, transpose, stream);
   else
@@ -406,6 +606,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IrrmDenseConv, DenseConvImpl,
                                   .Attr<int64_t>("n_inputs")
                                   .Attr<int64_t>("epilogue")
                                   .Attr<ffi::Span<const int64_t>>("kernel_offsets")
+                                  .Attr<ffi::Span<const int64_t>>("kmajor_offsets")
                                   .Attr<int64_t>("bias_offset")
-                                  .Attr<bool>("transpose"),
+                                  .Attr<bool>("transpose")
+                                  .Attr<bool>("warpgroup"),
                               {ffi::Traits::kCmdBufferCompatible});

@@ -1,5 +1,6 @@
 // Helpers shared by the CUDA kernels of the DenseBlock (dense_conv.cu, dense_weight_grad.cu): asynchronous copies
-// into shared memory, ldmatrix, the tensor cores' mma.sync for bfloat16 and TF32, element conversions.
+// into shared memory, ldmatrix, the tensor cores' mma.sync and Hopper's warpgroup products (wgmma) for bfloat16 and
+// TF32, element conversions.
 #pragma once
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
@@ -57,6 +58,75 @@ __device__ __forceinline__ void mma<float>(float (&d)[4], const uint32_t (&a)[4]
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+
+// Hopper's warpgroup products (wgmma, sm_90a): the four warps of a warpgroup issue one 64 x N x K product together,
+// both operands read from shared memory through descriptors, the sums accumulated in registers (warp w holds rows
+// 16 w to 16 w + 15 in mma.sync's m16n8 layout, one n8 tile after another) while the warps go on. `wgmma_fence`
+// before the first product of a sequence, `wgmma_commit` closes a group, `wgmma_wait<N>` waits until at most N of
+// the warpgroup's groups are in flight; shared memory written by the threads (cp.async included) is made visible to
+// the products by `fence_proxy_async` (then a barrier).
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Descriptor of a K-major operand whose rows are 32 bytes of K (one product's K: 16 bfloat16 or 8 TF32 values), 8-row
+// groups 256 bytes apart, with the 32-byte swizzle (`ldmatrix_swizzled<32>`: a row's 16-byte halves swap in rows 4-7
+// of every 256 bytes). The hardware applies the swizzle to the absolute shared-memory address, so the operand may
+// start at any row of a region laid out from a 256-byte boundary (base offset 0): a convolution tap is a start row.
+__device__ __forceinline__ uint64_t wgmma_descriptor_32b(uint32_t smem_addr) {
+  return (uint64_t)((smem_addr & 0x3FFFF) >> 4) | (uint64_t)1 << 16 | (uint64_t)(256 >> 4) << 32 | (uint64_t)3 << 62;
+}
+
+#define IRRM_ACC16(x)                                                                                              \
+  "+f"(x[0][0]), "+f"(x[0][1]), "+f"(x[0][2]), "+f"(x[0][3]), "+f"(x[1][0]), "+f"(x[1][1]), "+f"(x[1][2]),         \
+      "+f"(x[1][3]), "+f"(x[2][0]), "+f"(x[2][1]), "+f"(x[2][2]), "+f"(x[2][3]), "+f"(x[3][0]), "+f"(x[3][1]),     \
+      "+f"(x[3][2]), "+f"(x[3][3])
+#define IRRM_ACC8(x) \
+  "+f"(x[0][0]), "+f"(x[0][1]), "+f"(x[0][2]), "+f"(x[0][3]), "+f"(x[1][0]), "+f"(x[1][1]), "+f"(x[1][2]), "+f"(x[1][3])
+
+// acc[j][q] += A (64 rows x one K step) B (one K step x 8 NJ columns), both K-major in shared memory.
+template <typename T, int NJ>
+__device__ __forceinline__ void wgmma(float (&acc)[NJ][4], uint64_t a, uint64_t b);
+template <>
+__device__ __forceinline__ void wgmma<__nv_bfloat16, 4>(float (&acc)[4][4], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
+      "%16, %17, p, 1, 1, 0, 0;\n}\n"
+      : IRRM_ACC16(acc)
+      : "l"(a), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma<__nv_bfloat16, 2>(float (&acc)[2][4], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
+      : IRRM_ACC8(acc)
+      : "l"(a), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma<float, 4>(float (&acc)[4][4], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %18, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k8.f32.tf32.tf32 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15}, "
+      "%16, %17, p, 1, 1;\n}\n"
+      : IRRM_ACC16(acc)
+      : "l"(a), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma<float, 2>(float (&acc)[2][4], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k8.f32.tf32.tf32 {%0,%1,%2,%3,%4,%5,%6,%7}, %8, %9, p, 1, 1;\n}\n"
+      : IRRM_ACC8(acc)
+      : "l"(a), "l"(b), "r"(1));
+}
+#undef IRRM_ACC16
+#undef IRRM_ACC8
 
 // float32 operands reach the tensor cores as TF32 by truncation (the low 13 bits ignored), so they must already be
 // TF32 values: rounded to nearest by the caller (`cuda_kernels.tf32_operand`) or by the epilogue that wrote them

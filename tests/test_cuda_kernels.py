@@ -27,6 +27,17 @@ def normal(*shape, scale=1.0):
     return jnp.asarray(RNG.standard_normal(shape) * scale, jnp.float32)
 
 
+def kernel_pack(arrays: dict) -> dk.WeightPack:
+    """A pack of these arrays and, after each kernel (9, c, cout), its K-major copy (name.t: (9, cout, c)), which
+    the warpgroup convolutions read (`dk.pack_weights`)."""
+    with_copies = {}
+    for name, a in arrays.items():
+        with_copies[name] = a
+        if a.ndim == 3:
+            with_copies[f"{name}.t"] = jnp.swapaxes(a, 1, 2)
+    return dk.WeightPack.of(with_copies)
+
+
 @pytest.mark.skipif(ON_GPU, reason="the error is for other backends")
 def test_off_gpu_dense_cuda_is_a_clear_error():
     with pytest.raises(ValueError, match="NVIDIA GPUs only"):
@@ -99,7 +110,9 @@ def operand(a: jax.Array, dtype) -> jax.Array:
     [("bias", False), ("bias_leaky", False), ("none", False), ("none", True), ("leaky_grad", True)],
 )
 @pytest.mark.parametrize("cout", [16, 32, 48])  # one or two column tiles of 16 or 32 (48: IRRM-L's width)
-@pytest.mark.parametrize("shape", [(2, 8, 62), (1, 9, 13), (2, 17, 130)])  # line widths of 4, 3 and 5 m16 tiles
+# rows up to 96 pixels: warpgroup products on flat ranges (one block or several); wider: line tiles of 4, 5 and 3 m16
+# tiles
+@pytest.mark.parametrize("shape", [(2, 8, 62), (1, 9, 13), (1, 5, 126), (1, 6, 158), (2, 17, 130)])
 def test_conv_matches_xla(shape, cout, epilogue, transpose, dtype, tolerance):
     """Three inputs (16, 32, 32 channels) -> cout channels, against float32 XLA convolutions at full precision on
     the same operands; float32 feature maps and their gradients are stored as TF32 values. A transposed
@@ -119,7 +132,7 @@ def test_conv_matches_xla(shape, cout, epilogue, transpose, dtype, tolerance):
     if epilogue == "leaky_grad":
         ref = jnp.where(act >= 0, ref, dk.SLOPE * ref)
     kernels = [k.reshape(9, *k.shape[2:]).astype(dtype) for k in ks]
-    pack = dk.WeightPack.of({"k0": kernels[0], "bias": bias.astype(dtype), "k1": kernels[1], "k2": kernels[2]})
+    pack = kernel_pack({"k0": kernels[0], "bias": bias.astype(dtype), "k1": kernels[1], "k2": kernels[2]})
     extra = {"bias": "bias", "bias_leaky": "bias", "none": None}.get(
         epilogue, dk.to_flat(act.astype(dtype), layout, cout)
     )
@@ -170,6 +183,20 @@ def test_weight_grads_match_xla(blocks, shape, cout, dtype, tolerance, monkeypat
         chex.assert_trees_all_close(bias, jnp.sum(g, (0, 1, 2)), atol=tolerance * float(jnp.max(jnp.abs(bias))))
 
 
+def test_k_major_kernel_copies_packed_where_the_convolutions_are_warpgroup_products():
+    """Rows of up to 96 pixels (w + 2) are warpgroup products, which read each kernel's K-major copy from the pack;
+    wider rows and the Pallas kernels read the HWIO kernels alone."""
+    narrow, wide = dk.FlatLayout(2, 36, 94), dk.FlatLayout(2, 36, 95)
+    assert cuda_kernels.warpgroup_products(narrow) and not cuda_kernels.warpgroup_products(wide)
+    kernels, biases = ((normal(9, 16, 32), normal(9, 32, 32)),), (normal(32),)
+    pack = dk.pack_weights(cuda_kernels.CUDA, kernels, biases, narrow)
+    assert [name for name, _, _ in pack.slots] == ["w0.0", "w0.0.t", "w0.1", "w0.1.t", "b0"]
+    for i, kernel in enumerate(kernels[0]):
+        np.testing.assert_array_equal(pack[f"w0.{i}.t"], jnp.swapaxes(cuda_kernels.tf32_operand(kernel), 1, 2))
+    for ops, layout in ((cuda_kernels.CUDA, wide), (dk.PALLAS, narrow)):
+        assert [name for name, _, _ in dk.pack_weights(ops, kernels, biases, layout).slots] == ["w0.0", "w0.1", "b0"]
+
+
 def test_one_kernel_gradient_call_for_the_layers_of_each_width_within_its_limits():
     def layer(*channels, width=32):
         return [jnp.zeros((1, c)) for c in channels], jnp.zeros((1, width))
@@ -199,9 +226,9 @@ def test_vmapped_calls_compute_each_member_as_a_separate_call(epilogue, dtype):
 
     def conv(x1, k0, k1, extra):  # the pack is built in the vmapped function: one buffer a member
         if forward:
-            pack = dk.WeightPack.of({"k0": k0, "k1": k1, "b": extra})
+            pack = kernel_pack({"k0": k0, "k1": k1, "b": extra})
             return cuda_kernels.conv([shared, x1], pack, ["k0", "k1"], layout, epilogue, "b")
-        pack = dk.WeightPack.of({"k0": k0, "k1": k1})
+        pack = kernel_pack({"k0": k0, "k1": k1})
         return cuda_kernels.conv([shared, x1], pack, ["k0", "k1"], layout, epilogue, extra, transpose=True)
 
     def partials(x1, g):  # two layers, the second's gradient shared by the members
@@ -221,10 +248,10 @@ def test_kernels_outside_the_pack_or_misaligned_are_a_clear_error():
     """The kernel stages weights 16 bytes at a time from the pack: a kernel must start at a 16-byte boundary."""
     layout = dk.FlatLayout(1, 4, 4)
     x, k = dk.to_flat(normal(1, 4, 4, 16), layout, 16), cuda_kernels.tf32_operand(normal(9, 16, 16, scale=0.1))
-    misaligned = dk.WeightPack.of({"pad": jnp.zeros(1), "k": k})
+    misaligned = kernel_pack({"pad": jnp.zeros(1), "k": k})
     with pytest.raises(Exception, match="not at 16 bytes"):
         jax.block_until_ready(cuda_kernels.conv([x], misaligned, ["k"], layout, "none"))
-    short = dk.WeightPack(k.ravel()[:-16], (("k", 0, (9, 16, 16)),))  # claims more than the buffer holds
+    short = dk.WeightPack(k.ravel()[:-16], (("k", 0, (9, 16, 16)), ("k.t", 0, (9, 16, 16))))  # more than it holds
     with pytest.raises(Exception, match="outside the pack"):
         jax.block_until_ready(cuda_kernels.conv([x], short, ["k"], layout, "none"))
 
@@ -284,11 +311,11 @@ def test_full_float32_precision_goes_to_the_pallas_kernel():
     """The kernel's float32 products are TF32; asked for full float32, the Pallas kernel computes instead."""
     layout = dk.FlatLayout(2, 8, 62)
     x, k = dk.to_flat(normal(2, 8, 62, 16), layout, 16), normal(9, 16, 32, scale=0.1)
-    pack = dk.WeightPack.of({"k": k})
+    pack = kernel_pack({"k": k})
     with jax.default_matmul_precision("highest"):
         exact = cuda_kernels.conv([x], pack, ["k"], layout, "none")
         chex.assert_trees_all_close(exact, dk.conv([x], pack, ["k"], layout, "none"), atol=0, rtol=0)
-    tf32_pack = dk.WeightPack.of({"k": cuda_kernels.tf32_operand(k)})
+    tf32_pack = kernel_pack({"k": cuda_kernels.tf32_operand(k)})
     tf32 = cuda_kernels.conv([cuda_kernels.tf32_operand(x)], tf32_pack, ["k"], layout, "none")
     assert 0 < float(jnp.max(jnp.abs(tf32 - exact))) < 1e-2
 
