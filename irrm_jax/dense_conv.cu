@@ -110,22 +110,28 @@ __device__ __forceinline__ void load_stage(const Params& p, int input, int chunk
   }
 }
 
+// A margin block's work (blocks p.tiles to p.tiles + kZeroBlocks - 1 of a call): zero its share of the rows outside
+// the image lines, [0, zero_head) and [zero_tail, rows).
+template <typename T>
+__device__ __forceinline__ void zero_margins(const Params& p) {
+  const long long row_bytes = (long long)p.cout * sizeof(T);
+  const long long head = p.zero_head * row_bytes / 16, tail = (p.rows - p.zero_tail) * row_bytes / 16;
+  char* member_out = p.out + blockIdx.z * p.out_step;
+  int4* out = reinterpret_cast<int4*>(member_out);
+  int4* out_tail = reinterpret_cast<int4*>(member_out + p.zero_tail * row_bytes);
+  for (long long i = (blockIdx.x - p.tiles) * blockDim.x + threadIdx.x; i < head + tail;
+       i += (long long)kZeroBlocks * blockDim.x)
+    (i < head ? out[i] : out_tail[i - head]) = make_int4(0, 0, 0, 0);
+}
+
 template <typename T, int NT, int MT, int EPI, bool TRANS>
 __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constant__ Params p) {
   constexpr int kSeg = MT * 16, kTileCols = kSeg + 2;
   extern __shared__ __align__(128) char smem_raw[];
   const uint32_t smem = static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw));
   constexpr int kc = 32 / sizeof(T);
-  if ((int)blockIdx.x >= p.tiles) {  // a margin block: zero its share of the rows outside the image lines
-    if (blockIdx.y != 0) return;
-    const long long row_bytes = (long long)p.cout * sizeof(T);
-    const long long head = p.zero_head * row_bytes / 16, tail = (p.rows - p.zero_tail) * row_bytes / 16;
-    char* member_out = p.out + blockIdx.z * p.out_step;
-    int4* out = reinterpret_cast<int4*>(member_out);
-    int4* out_tail = reinterpret_cast<int4*>(member_out + p.zero_tail * row_bytes);
-    for (long long i = (blockIdx.x - p.tiles) * blockDim.x + threadIdx.x; i < head + tail;
-         i += (long long)kZeroBlocks * blockDim.x)
-      (i < head ? out[i] : out_tail[i - head]) = make_int4(0, 0, 0, 0);
+  if ((int)blockIdx.x >= p.tiles) {  // a margin block
+    if (blockIdx.y == 0) zero_margins<T>(p);
     return;
   }
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -330,16 +336,8 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1) dense_conv_wgmma_kernel(
   extern __shared__ __align__(128) char smem_raw[];
   const uint32_t smem = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;  // 1 KB aligned
   constexpr int kc = 32 / sizeof(T);
-  if ((int)blockIdx.x >= p.tiles) {  // a margin block: zero its share of the rows outside the image lines
-    if (blockIdx.y != 0) return;
-    const long long row_bytes = (long long)p.cout * sizeof(T);
-    const long long head = p.zero_head * row_bytes / 16, tail = (p.rows - p.zero_tail) * row_bytes / 16;
-    char* member_out = p.out + blockIdx.z * p.out_step;
-    int4* out = reinterpret_cast<int4*>(member_out);
-    int4* out_tail = reinterpret_cast<int4*>(member_out + p.zero_tail * row_bytes);
-    for (long long i = (blockIdx.x - p.tiles) * blockDim.x + threadIdx.x; i < head + tail;
-         i += (long long)kZeroBlocks * blockDim.x)
-      (i < head ? out[i] : out_tail[i - head]) = make_int4(0, 0, 0, 0);
+  if ((int)blockIdx.x >= p.tiles) {  // a margin block
+    if (blockIdx.y == 0) zero_margins<T>(p);
     return;
   }
   const int halo = p.w2 + 1, rows = range_stage_rows(p.w2);
