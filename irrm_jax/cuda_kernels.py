@@ -50,8 +50,8 @@ MAX_INPUTS, MAX_CHANNELS = 16, 1024  # of one kernel-gradient call, all its laye
 # batched operands keep their leading axis, unbatched ones get an axis of length 1 that the kernels read as shared.
 VMAP_METHOD = "expand_dims"
 # Rows of at most this many pixels (w + 2) are convolved by warpgroup products on flat-range tiles, whose halo is
-# 2 (w + 3) rows a block of 384: at most half again, as the line tiles' (dense_conv.cu's kRangeMaxRowWidth). Faster
-# on an H100 at the training crops' 72 and 36 pixels (benchmarks/NOTES.md); wider images take the line tiles.
+# 2 (w + 3) rows a block of 384: at most half again, as the line tiles' (dense_conv.cu's kRangeMaxRowWidth). IRN x4's
+# training step (rows of 74 and 38 pixels) is faster on an H100 (benchmarks/NOTES.md); wider images take line tiles.
 WARPGROUP_MAX_ROW_WIDTH = 96
 GPU_ARCH = "sm_90a"  # wgmma (Hopper warpgroup products) needs the arch-specific target
 DEFAULT_NVCC = "/usr/local/cuda/bin/nvcc"
