@@ -375,11 +375,11 @@ def pack_weights(ops: Ops, kernels: tuple, biases: tuple, layout: FlatLayout) ->
     HWIO kernel for input i as ``w{k}.{i}`` (9, c_i, cout), for the forward convolutions and (transposed) the input
     gradients, its bias as ``b{k}``; where ``ops.kmajor_copies(layout)``, also the kernel's K-major copy
     ``w{k}.{i}.t`` (9, cout, c_i) for the forward convolutions."""
-    arrays = {}
+    arrays, copies = {}, ops.kmajor_copies(layout)
     for k, (layer_kernels, bias) in enumerate(zip(kernels, biases, strict=True)):
         for i, kernel in enumerate(layer_kernels):
             arrays[f"w{k}.{i}"] = ops.operand(kernel)
-            if ops.kmajor_copies(layout):
+            if copies:
                 arrays[f"w{k}.{i}.t"] = jnp.swapaxes(arrays[f"w{k}.{i}"], 1, 2)
         arrays[f"b{k}"] = bias
     return WeightPack.of(arrays)
