@@ -117,25 +117,29 @@ __device__ __forceinline__ void accumulate(uint32_t grad, uint32_t input, int wa
   using St = Stage<T, NT, S>;
   constexpr int kM = NT / 16;
   if constexpr (sizeof(T) == 2) {  // m16n8k16: 16 pixels a step, fragments by ldmatrix (transposed)
+    // A thread's rows are compile-time offsets from its first ones (the gradient's and the input's), and the swizzle
+    // reads only a row's bits 1-2 (64-byte rows) or bit 2 (32-byte rows): the gradient's rows step by multiples of
+    // 16, and an input offset's value mod 8 picks one of eight bases. So every address is a base plus a constant.
+    const int gr = warp * S + ((lane >> 4) << 3) + (lane & 7), xr = warp * St::kCols + ((lane >> 3) & 1) * 8 + (lane & 7);
+    uint32_t grad_base[kM], input_base[8];
+#pragma unroll
+    for (int m = 0; m < kM; ++m) grad_base[m] = grad + swizzled<T, St::kGradRow>(gr, 2 * m + ((lane >> 3) & 1));
+#pragma unroll
+    for (int rho = 0; rho < 8; ++rho)
+      input_base[rho] = input + swizzled<T, St::kInputRow>(xr + rho, lane >> 4) - rho * St::kInputRow;
 #pragma unroll
     for (int k = 0; k < S; k += 16) {
       uint32_t a[kM][4];
 #pragma unroll
-      for (int m = 0; m < kM; ++m)
-        ldmatrix_x4_trans(grad + swizzled<T, St::kGradRow>(warp * S + k + ((lane >> 4) << 3) + (lane & 7),
-                                                           2 * m + ((lane >> 3) & 1)),
-                          a[m]);
+      for (int m = 0; m < kM; ++m) ldmatrix_x4_trans(grad_base[m] + k * St::kGradRow, a[m]);
       if (with_bias)
 #pragma unroll
         for (int m = 0; m < kM; ++m) mma<T>(bias[m], a[m], kOnesBf16, kOnesBf16);
 #pragma unroll
       for (int tap = 0; tap < 9; ++tap) {
-        const int dy = tap / 3, dx = tap % 3;
+        const int offset = (tap / 3) * St::kCols + tap % 3 + k;  // from the thread's first input row
         uint32_t b[4];
-        ldmatrix_x4_trans(
-            input + swizzled<T, St::kInputRow>((warp + dy) * St::kCols + k + dx + ((lane >> 3) & 1) * 8 + (lane & 7),
-                                               lane >> 4),
-            b);
+        ldmatrix_x4_trans(input_base[offset & 7] + offset * St::kInputRow, b);
 #pragma unroll
         for (int m = 0; m < kM; ++m)
 #pragma unroll
@@ -143,25 +147,33 @@ __device__ __forceinline__ void accumulate(uint32_t grad, uint32_t input, int wa
       }
     }
   } else {  // m16n8k8 TF32: 8 pixels a step, fragments by 64-bit loads of channel pairs (TF32 values already)
+    // The swizzle depends on row bit 1 only: the gradient's rows step by multiples of 4, and an input offset's mod 4
+    // picks one of four bases.
     const int group = lane >> 2, tid = lane & 3;
+    const int gr = warp * S + tid, xr = warp * St::kCols + tid;
+    uint32_t grad_base[kM], input_base[4];
+#pragma unroll
+    for (int m = 0; m < kM; ++m) grad_base[m] = grad + element<St::kGradRow>(gr, 16 * m + 2 * group);
+#pragma unroll
+    for (int rho = 0; rho < 4; ++rho)
+      input_base[rho] = input + element<St::kInputRow>(xr + rho, 2 * group) - rho * St::kInputRow;
 #pragma unroll
     for (int k = 0; k < S; k += 8) {
       uint32_t a[kM][4];
-      const int r = warp * S + k + tid;
 #pragma unroll
       for (int m = 0; m < kM; ++m) {  // rows group and group + 8: output channels 2 group and 2 group + 1
-        lds64(grad + element<St::kGradRow>(r, 16 * m + 2 * group), a[m][0], a[m][1]);
-        lds64(grad + element<St::kGradRow>(r + 4, 16 * m + 2 * group), a[m][2], a[m][3]);
+        lds64(grad_base[m] + k * St::kGradRow, a[m][0], a[m][1]);
+        lds64(grad_base[m] + (k + 4) * St::kGradRow, a[m][2], a[m][3]);
       }
       if (with_bias)
 #pragma unroll
         for (int m = 0; m < kM; ++m) mma<T>(bias[m], a[m], kOneTf32, kOneTf32);
 #pragma unroll
       for (int tap = 0; tap < 9; ++tap) {
-        const int xr = (warp + tap / 3) * St::kCols + k + tap % 3 + tid;
+        const int offset = (tap / 3) * St::kCols + tap % 3 + k;  // from the thread's first input row
         uint32_t b0[2], b1[2];  // column group of tiles 0 and 1: channels 2 group and 2 group + 1
-        lds64(input + element<St::kInputRow>(xr, 2 * group), b0[0], b0[1]);
-        lds64(input + element<St::kInputRow>(xr + 4, 2 * group), b1[0], b1[1]);
+        lds64(input_base[offset & 3] + offset * St::kInputRow, b0[0], b0[1]);
+        lds64(input_base[offset & 3] + (offset + 4) * St::kInputRow, b1[0], b1[1]);
 #pragma unroll
         for (int m = 0; m < kM; ++m)
 #pragma unroll
