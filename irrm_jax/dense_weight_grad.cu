@@ -66,29 +66,58 @@ struct Stage {
   static constexpr int kBytes = kInput + kTileLines * kCols * kInputRow;
 };
 
+// Stages one tile. A thread copies the same 16-byte segment of every R-th row of a region (R = 128 threads / the
+// segments of a row, a multiple of 16), so its shared-memory addresses are one base plus constants (the swizzle reads
+// a row's bits 1-2 only), and its source steps R pixels at a time, on to the next image line past the tile's width:
+// a few instructions a copy.
 template <typename T, int NT, int S>
 __device__ __forceinline__ void load_stage(const Params& p, int member, int chunk, int n0, int tile, uint32_t smem) {
   using St = Stage<T, NT, S>;
+  constexpr int kThreads = 128;
   const int line0 = (tile / p.col_tiles) * kLines, col0 = (tile % p.col_tiles) * S;
-  constexpr int kGradSegs = St::kGradRow / 16, kInputSegs = St::kInputRow / 16;
   const int input = p.chunk_input[chunk], layer = p.grad_of[input];
-  const char* g = p.g[layer] + member * p.g_step[layer];
-  for (int i = threadIdx.x; i < kLines * S * kGradSegs; i += blockDim.x) {
-    const int r = i / kGradSegs, seg = i % kGradSegs;
-    const int line = line0 + r / S, col = col0 + r % S;
-    const bool valid = line < p.lines && col < p.w2;  // outside: zeros, as the gradient is outside the pixels
-    const long long row = valid ? p.margin + (long long)line * p.w2 + col : 0;
-    cp_async16(smem + swizzled<T, St::kGradRow>(r, seg), g + (row * p.cout + n0) * (long long)sizeof(T) + seg * 16,
-               valid);
+  {  // the gradient: kLines lines x S pixels x NT channels; zeros past the image lines or the row width
+    constexpr int kSegs = St::kGradRow / 16, kStep = kThreads / kSegs;
+    static_assert(kLines * S * kSegs % kThreads == 0, "whole steps");
+    const int seg = threadIdx.x % kSegs, r0 = threadIdx.x / kSegs;
+    const char* origin = p.g[layer] + member * p.g_step[layer] + n0 * sizeof(T) + seg * 16;
+    const char* g = origin + (p.margin + (long long)line0 * p.w2 + col0) * p.cout * sizeof(T);
+    const int pixel_bytes = p.cout * (int)sizeof(T);
+    int line = r0 / S, col = r0 % S, pixel = line * p.w2 + col;  // pixel: from the tile's first
+#pragma unroll
+    for (int j = 0; j < kLines * S * kSegs / kThreads; ++j) {
+      const bool valid = line0 + line < p.lines && col0 + col < p.w2;
+      cp_async16(smem + swizzled<T, St::kGradRow>(r0, seg) + j * kStep * St::kGradRow,
+                 valid ? g + (long long)pixel * pixel_bytes : origin, valid);
+      col += kStep;
+      pixel += kStep;
+#pragma unroll
+      for (int wrap = 0; wrap < (kStep + S - 1) / S; ++wrap)
+        if (col >= S) col -= S, pixel += p.w2 - S, ++line;
+    }
   }
-  const char* x = p.x[input] + member * p.x_step[input] + p.chunk_channel[chunk] * sizeof(T);
-  const long long row_bytes = (long long)p.c[input] * sizeof(T);
-  for (int i = threadIdx.x; i < kTileLines * St::kCols * kInputSegs; i += blockDim.x) {
-    const int r = i / kInputSegs, seg = i % kInputSegs;
-    const long long row = p.margin + (long long)(line0 - 1 + r / St::kCols) * p.w2 + (col0 - 1 + r % St::kCols);
-    const bool valid = row >= 0 && row < p.rows;
-    cp_async16(smem + St::kInput + swizzled<T, St::kInputRow>(r, seg), x + (valid ? row : 0) * row_bytes + seg * 16,
-               valid);
+  {  // the input chunk: kTileLines lines x kCols pixels (the one-pixel halo) x 16 channels; zeros outside the array
+    constexpr int kSegs = St::kInputRow / 16, kStep = kThreads / kSegs, kRows = kTileLines * St::kCols;
+    const int seg = threadIdx.x % kSegs, r0 = threadIdx.x / kSegs;
+    const long long row_bytes = (long long)p.c[input] * sizeof(T);
+    const char* origin = p.x[input] + member * p.x_step[input] + p.chunk_channel[chunk] * sizeof(T) + seg * 16;
+    const long long first = p.margin + (long long)(line0 - 1) * p.w2 + col0 - 1;  // the region's first flat row
+    const char* x = origin + first * row_bytes;
+    const int lowest = (int)max(-first, -(long long)INT_MAX), end = (int)min(p.rows - first, (long long)INT_MAX);
+    int line = r0 / St::kCols, col = r0 % St::kCols, pixel = line * p.w2 + col;
+#pragma unroll
+    for (int j = 0; j < (kRows * kSegs + kThreads - 1) / kThreads; ++j) {
+      if (line < kTileLines) {
+        const bool valid = pixel >= lowest && pixel < end;
+        cp_async16(smem + St::kInput + swizzled<T, St::kInputRow>(r0, seg) + j * kStep * St::kInputRow,
+                   valid ? x + pixel * row_bytes : origin, valid);
+      }
+      col += kStep;
+      pixel += kStep;
+#pragma unroll
+      for (int wrap = 0; wrap < (kStep + St::kCols - 1) / St::kCols; ++wrap)
+        if (col >= St::kCols) col -= St::kCols, pixel += p.w2 - St::kCols, ++line;
+    }
   }
 }
 
