@@ -19,6 +19,7 @@ namespace {
 using namespace dense_cuda;
 
 constexpr int kLines = 4;  // image lines a tile has (one a warp)
+constexpr int kThreads = 32 * kLines;
 constexpr int kTileLines = kLines + 2;
 constexpr int kChunk = 16;  // input channels a block sums for
 constexpr int kMaxChunks = 64;
@@ -66,14 +67,13 @@ struct Stage {
   static constexpr int kBytes = kInput + kTileLines * kCols * kInputRow;
 };
 
-// Stages one tile. A thread copies the same 16-byte segment of every R-th row of a region (R = 128 threads / the
+// Stages one tile. A thread copies the same 16-byte segment of every R-th row of a region (R = kThreads / the
 // segments of a row, a multiple of 16), so its shared-memory addresses are one base plus constants (the swizzle reads
 // a row's bits 1-2 only), and its source steps R pixels at a time, on to the next image line past the tile's width:
 // a few instructions a copy.
 template <typename T, int NT, int S>
 __device__ __forceinline__ void load_stage(const Params& p, int member, int chunk, int n0, int tile, uint32_t smem) {
   using St = Stage<T, NT, S>;
-  constexpr int kThreads = 128;
   const int line0 = (tile / p.col_tiles) * kLines, col0 = (tile % p.col_tiles) * S;
   const int input = p.chunk_input[chunk], layer = p.grad_of[input];
   {  // the gradient: kLines lines x S pixels x NT channels; zeros past the image lines or the row width
@@ -149,7 +149,8 @@ __device__ __forceinline__ void accumulate(uint32_t grad, uint32_t input, int wa
     // A thread's rows are compile-time offsets from its first ones (the gradient's and the input's), and the swizzle
     // reads only a row's bits 1-2 (64-byte rows) or bit 2 (32-byte rows): the gradient's rows step by multiples of
     // 16, and an input offset's value mod 8 picks one of eight bases. So every address is a base plus a constant.
-    const int gr = warp * S + ((lane >> 4) << 3) + (lane & 7), xr = warp * St::kCols + ((lane >> 3) & 1) * 8 + (lane & 7);
+    const int gr = warp * S + ((lane >> 4) << 3) + (lane & 7);
+    const int xr = warp * St::kCols + ((lane >> 3) & 1) * 8 + (lane & 7);
     uint32_t grad_base[kM], input_base[8];
 #pragma unroll
     for (int m = 0; m < kM; ++m) grad_base[m] = grad + swizzled<T, St::kGradRow>(gr, 2 * m + ((lane >> 3) & 1));
@@ -223,7 +224,7 @@ constexpr int shared_bytes() {
 }
 
 template <typename T, int NT, int S>
-__global__ void __launch_bounds__(128, 2) dense_weight_grad_kernel(const __grid_constant__ Params p) {
+__global__ void __launch_bounds__(kThreads, 2) dense_weight_grad_kernel(const __grid_constant__ Params p) {
   using St = Stage<T, NT, S>;
   constexpr int kStages = kStagesOf<T>, kM = NT / 16;
   extern __shared__ __align__(128) char smem_raw[];
@@ -310,7 +311,7 @@ cudaError_t launch(const Params& p, cudaStream_t stream) {
   constexpr int smem = shared_bytes<T, NT, S>();
   cudaError_t err = allow_shared_memory<kernel>(smem);
   if (err != cudaSuccess) return err;
-  kernel<<<dim3(p.groups, p.chunks, p.cout / NT * p.members), 128, smem, stream>>>(p);
+  kernel<<<dim3(p.groups, p.chunks, p.cout / NT * p.members), kThreads, smem, stream>>>(p);
   return cudaGetLastError();
 }
 
