@@ -110,6 +110,17 @@ __device__ __forceinline__ void load_stage(const Params& p, int input, int chunk
   }
 }
 
+// The m16 tiles' sums (M tiles x J n8 tiles, mma.sync's four values a thread) set to zero.
+template <int M, int J>
+__device__ __forceinline__ void zero_accumulators(float (&acc)[M][J][4]) {
+#pragma unroll
+  for (int m = 0; m < M; ++m)
+#pragma unroll
+    for (int j = 0; j < J; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) acc[m][j][q] = 0.f;
+}
+
 // A margin block's work (blocks p.tiles to p.tiles + kZeroBlocks - 1 of a call): zero its share of the rows outside
 // the image lines, [0, zero_head) and [zero_tail, rows).
 template <typename T>
@@ -158,12 +169,7 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
   }
 
   float acc[MT][NT / 8][4];
-#pragma unroll
-  for (int m = 0; m < MT; ++m)
-#pragma unroll
-    for (int j = 0; j < NT / 8; ++j)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) acc[m][j][q] = 0.f;
+  zero_accumulators(acc);
 
   // ldmatrix addresses: A rows (lane % 16) at 16-byte half (lane / 16); B rows n = 8 * (lane / 16) + lane % 8 at half
   // (lane / 8) % 2.
@@ -379,12 +385,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1) dense_conv_wgmma_kernel(
 
   const int group = threadIdx.x >> 7;  // warpgroup
   float acc[kRangeTiles][NT / 8][4];
-#pragma unroll
-  for (int m = 0; m < kRangeTiles; ++m)
-#pragma unroll
-    for (int j = 0; j < NT / 8; ++j)
-#pragma unroll
-      for (int q = 0; q < 4; ++q) acc[m][j][q] = 0.f;
+  zero_accumulators(acc);
 
   for (int s = 0; s < total; ++s) {
     cp_async_wait<kRangeAhead - 1>();
