@@ -75,38 +75,62 @@ __device__ __forceinline__ uint32_t weight_swizzled(int row, int seg) {
   }
 }
 
-// Stage `s`'s copies: KC channels (32 bytes) of one input, its tile and its nine taps' NT x KC weights.
+// Stage `s`'s copies: KC channels (32 bytes) of one input, its tile and its nine taps' NT x KC weights. A thread
+// copies the same 16-byte segment of every R-th row of a region (R = 128 threads / the segments of a row, a
+// multiple of 16), so its shared-memory addresses are one base plus constants (the swizzles read a row's bits 0-2
+// only) and its source steps by a constant (the tile: R pixels, on to the next line past the tile's width).
 template <typename T, int NT, int MT, bool TRANS>
 __device__ __forceinline__ void load_stage(const Params& p, int input, int chunk, uint32_t smem, int line0, int col0,
                                            int n0) {
-  constexpr int kTileCols = MT * 16 + 2;
+  constexpr int kThreads = 128, kTileCols = MT * 16 + 2;
   const int c = p.c[input];
-  const char* x = p.x[input] + blockIdx.z * p.x_step[input] + (size_t)chunk * 32;
-  for (int i = threadIdx.x; i < kTileLines * kTileCols * 2; i += blockDim.x) {
-    int pix = i >> 1, half = i & 1;
-    int j = pix / kTileCols, k = pix - j * kTileCols;
-    long long row = p.margin + (long long)(line0 - 1 + j) * p.w2 + (col0 - 1 + k);
-    bool valid = row >= 0 && row < p.rows;
-    const char* src = x + (valid ? row : 0) * c * (long long)sizeof(T) + half * 16;
-    cp_async16(smem + ldmatrix_swizzled<kRowBytes>(pix, half), src, valid);
+  {  // the tile: kTileLines lines x kTileCols pixels x 32 bytes; zeros outside the array
+    constexpr int kStep = kThreads / 2, kRows = kTileLines * kTileCols;
+    const int half = threadIdx.x & 1, r0 = threadIdx.x >> 1;
+    const int row_bytes = c * (int)sizeof(T);
+    const char* origin = p.x[input] + blockIdx.z * p.x_step[input] + (size_t)chunk * 32 + half * 16;
+    const long long first = p.margin + (long long)(line0 - 1) * p.w2 + col0 - 1;  // the tile's first flat row
+    const char* x = origin + first * row_bytes;
+    const int lowest = (int)max(-first, -(long long)INT_MAX), end = (int)min(p.rows - first, (long long)INT_MAX);
+    int line = r0 / kTileCols, col = r0 % kTileCols, pixel = line * p.w2 + col;
+#pragma unroll 1
+    for (int j = 0; j < (kRows + kStep - 1) / kStep; ++j) {
+      if (line < kTileLines) {
+        const bool valid = pixel >= lowest && pixel < end;
+        cp_async16(smem + ldmatrix_swizzled<kRowBytes>(r0, half) + j * kStep * kRowBytes,
+                   valid ? x + (long long)pixel * row_bytes : origin, valid);
+      }
+      col += kStep;
+      pixel += kStep;
+#pragma unroll
+      for (int wrap = 0; wrap < (kStep + kTileCols - 1) / kTileCols; ++wrap)
+        if (col >= kTileCols) col -= kTileCols, pixel += p.w2 - kTileCols, ++line;
+    }
   }
   const char* w = p.w[input] + blockIdx.z * p.w_step[input];
-  uint32_t wsmem = smem + kTileLines * kTileCols * kRowBytes;
+  const uint32_t wsmem = smem + kTileLines * kTileCols * kRowBytes;
   if constexpr (TRANS) {  // rows (tap, n) of KC channels; the transposed convolution's tap t is the kernel's 8 - t
-    for (int i = threadIdx.x; i < 9 * NT * 2; i += blockDim.x) {
-      int r = i >> 1, half = i & 1;
-      int tap = r / NT, n = r - tap * NT;
-      const char* src = w + ((long long)((8 - tap) * p.cout + n0 + n) * c) * sizeof(T) + chunk * 32 + half * 16;
-      cp_async16(wsmem + ldmatrix_swizzled<kRowBytes>(r, half), src, true);
-    }
+    constexpr int kStep = kThreads / 2, kRows = 9 * NT;
+    static_assert(kStep % NT == 0, "a thread's output channel n is fixed");
+    const int half = threadIdx.x & 1, r0 = threadIdx.x >> 1, tap0 = r0 / NT, n = r0 % NT;
+    const long long tap_bytes = (long long)p.cout * c * sizeof(T);
+    const char* src = w + ((long long)((8 - tap0) * p.cout + n0 + n) * c) * sizeof(T) + chunk * 32 + half * 16;
+#pragma unroll
+    for (int j = 0; j < (kRows + kStep - 1) / kStep; ++j)  // rows r0 + j kStep: taps tap0 + j kStep / NT
+      if ((j + 1) * kStep <= kRows || r0 + j * kStep < kRows)
+        cp_async16(wsmem + ldmatrix_swizzled<kRowBytes>(r0, half) + j * kStep * kRowBytes,
+                   src - j * (kStep / NT) * tap_bytes, true);
   } else {  // rows (tap, channel) of NT outputs
-    constexpr int kc = 32 / sizeof(T), segs = kWeightRowBytes<T, NT> / 16;
-    for (int i = threadIdx.x; i < 9 * kc * segs; i += blockDim.x) {
-      int r = i / segs, seg = i - r * segs;
-      int tap = r / kc, k = r - tap * kc;
-      const char* src = w + ((long long)(tap * c + chunk * kc + k) * p.cout + n0) * sizeof(T) + seg * 16;
-      cp_async16(wsmem + weight_swizzled<T, NT>(r, seg), src, true);
-    }
+    constexpr int kc = 32 / sizeof(T), kSegs = kWeightRowBytes<T, NT> / 16, kStep = kThreads / kSegs, kRows = 9 * kc;
+    static_assert(kStep % kc == 0, "a thread's channel k is fixed");
+    const int seg = threadIdx.x % kSegs, r0 = threadIdx.x / kSegs, tap0 = r0 / kc, k = r0 % kc;
+    const long long tap_bytes = (long long)c * p.cout * sizeof(T);
+    const char* src = w + ((long long)(tap0 * c + chunk * kc + k) * p.cout + n0) * sizeof(T) + seg * 16;
+#pragma unroll
+    for (int j = 0; j < (kRows + kStep - 1) / kStep; ++j)  // rows r0 + j kStep: taps tap0 + j kStep / kc
+      if ((j + 1) * kStep <= kRows || r0 + j * kStep < kRows)
+        cp_async16(wsmem + weight_swizzled<T, NT>(r0, seg) + j * kStep * kWeightRowBytes<T, NT>,
+                   src + j * (kStep / kc) * tap_bytes, true);
   }
 }
 
@@ -179,6 +203,11 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
   // row's start plus its swizzled 16-byte segment 2 j ^ b_swizzle (weight_swizzled; even, it leaves lane / 16 alone)
   const int b_lane = (lane & 3) * kWeightRowBytes<T, NT> + (lane >> 4) * 16 + ((lane >> 2) & 3) * 4;
   const int b_swizzle = (weight_swizzled<T, NT>(lane & 3, 0) - (lane & 3) * kWeightRowBytes<T, NT>) / 16;
+  // A rows: the swizzle reads a row's bit 2 only, so a row offset's value mod 8 picks one of eight bases.
+  uint32_t a_base[8];
+#pragma unroll
+  for (int rho = 0; rho < 8; ++rho)
+    a_base[rho] = ldmatrix_swizzled<kRowBytes>(warp * kTileCols + a_row + rho, a_half) - rho * kRowBytes;
 
   for (int s = 0; s < total; ++s) {
     cp_async_wait<kStages - 2>();
@@ -221,8 +250,9 @@ __global__ void __launch_bounds__(128, 3) dense_conv_kernel(const __grid_constan
       }
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
+        const int offset = dy * kTileCols + dx + m * 16;  // from the warp's first tile row for this lane
         uint32_t a[4];
-        ldmatrix_x4(tile + ldmatrix_swizzled<kRowBytes>((warp + dy) * kTileCols + m * 16 + a_row + dx, a_half), a);
+        ldmatrix_x4(tile + a_base[offset & 7] + offset * kRowBytes, a);
 #pragma unroll
         for (int j = 0; j < NT / 8; ++j) mma<T>(acc[m][j], a, b[j][0], b[j][1]);
       }
