@@ -49,10 +49,6 @@ MAX_INPUTS, MAX_CHANNELS = 16, 1024  # of one kernel-gradient call, all its laye
 # Under jax.vmap (`coupling.AffineCoupling`'s fuse_gh: G and H as one network) each kernel runs once for all members:
 # batched operands keep their leading axis, unbatched ones get an axis of length 1 that the kernels read as shared.
 VMAP_METHOD = "expand_dims"
-# Rows of at most this many pixels (w + 2) are convolved by warpgroup products on flat-range tiles, whose halo is
-# 2 (w + 3) rows a block of 384: at most half again, as the line tiles' (dense_conv.cu's kRangeMaxRowWidth). IRN x4's
-# training step (rows of 74 and 38 pixels) is faster on an H100 (benchmarks/NOTES.md); wider images take line tiles.
-WARPGROUP_MAX_ROW_WIDTH = 96
 GPU_ARCH = "sm_90a"  # wgmma (Hopper warpgroup products) needs the arch-specific target
 DEFAULT_NVCC = "/usr/local/cuda/bin/nvcc"
 FULL_FLOAT32 = ("highest", "float32")  # matmul precisions that the kernel's TF32 products would not honour
@@ -150,11 +146,6 @@ def tf32_operand(a: jax.Array) -> jax.Array:
     return round_to_tf32(a) if a.dtype == jnp.float32 and not _full_float32(a.dtype) else a
 
 
-def warpgroup_products(layout: FlatLayout) -> bool:
-    """Whether the convolutions on this layout are warpgroup products (which read K-major kernel copies)."""
-    return layout.w + 2 <= WARPGROUP_MAX_ROW_WIDTH
-
-
 def _layout_attributes(layout: FlatLayout) -> dict:
     return dict(n=np.int64(layout.n), h=np.int64(layout.h), w=np.int64(layout.w), margin=np.int64(layout.margin_rows))
 
@@ -170,9 +161,9 @@ def conv(
 ) -> jax.Array:
     """`dense_kernels.conv`, computed by the CUDA kernel (see there for the arguments), which reads the kernels and
     the bias from the pack's buffer at their offsets. float32 inputs and kernels must be TF32 values
-    (`tf32_operand`); the ``bias_leaky`` and ``leaky_grad`` epilogues store TF32 values. Where `warpgroup_products`
-    (rows of up to `WARPGROUP_MAX_ROW_WIDTH` pixels) a convolution reads each kernel's K-major copy ``name.t``
-    (9, cout, c) from the pack (`dense_kernels.pack_weights` packs them for `CUDA`).
+    (`tf32_operand`); the ``bias_leaky`` and ``leaky_grad`` epilogues store TF32 values. A convolution computed as
+    warpgroup products (dense_conv.cu decides: rows of up to 96 pixels, or 32-output tiles) reads each kernel's
+    K-major copy ``name.t`` (9, cout, c) from the pack (`dense_kernels.pack_weights` packs them for `CUDA`).
 
     Raises:
       ValueError: not on a GPU backend, or a dtype other than bfloat16 and float32.
@@ -182,8 +173,7 @@ def conv(
         return dense_kernels.conv(inputs, pack, kernels, layout, epilogue, extra, transpose)
     cout = pack.slot(kernels[0])[1][1 if transpose else 2]
     bias = epilogue in dense_kernels.BIAS_EPILOGUES
-    warpgroup = warpgroup_products(layout)
-    kmajor = [f"{k}.t" for k in kernels] if warpgroup and not transpose else kernels
+    kmajor = kernels if transpose else [f"{k}.t" for k in kernels]
     call = jax.ffi.ffi_call(
         "irrm_dense_conv", jax.ShapeDtypeStruct((layout.rows, cout), inputs[0].dtype), vmap_method=VMAP_METHOD
     )
@@ -198,7 +188,6 @@ def conv(
         kmajor_offsets=np.array([pack.slot(k)[0] for k in kmajor], np.int64),
         bias_offset=np.int64(pack.slot(extra)[0] if bias else -1),
         transpose=bool(transpose),
-        warpgroup=warpgroup,
     )
 
 
@@ -262,4 +251,4 @@ def channels(c: int, dtype) -> int:
     return -(-c // 16) * 16 if computes(dtype) else dense_kernels.padded_channels(c)
 
 
-CUDA = dense_kernels.Ops(conv, weight_grads, tf32_operand, channels, warpgroup_products)
+CUDA = dense_kernels.Ops(conv, weight_grads, tf32_operand, channels, kmajor_copies=True)

@@ -4,14 +4,15 @@
 // (9, c, cout) for a convolution, or (9, cout, c) ones whose transposed convolution it computes (`transpose`: taps
 // reversed, the channel axes swapped; a DenseBlock's input gradients from its forward kernels).
 //
-// Two kernels. Line tiles (any width): a block of 4 warps computes 4 image lines x MT * 16 pixels x NT output
+// Two kernels. Line tiles (wide rows' 16-output tiles): a block of 4 warps computes 4 image lines x MT * 16 pixels x NT output
 // channels. Per step it stages, with cp.async three steps deep, 32 bytes of channels of one input for the tile those
 // outputs read (6 lines x MT * 16 + 2 pixels) and the nine taps' weights for them in shared memory, and takes all nine
 // taps' matrix products from there (ldmatrix at shifted rows, mma.sync with bf16 or tf32 operands, float32 sums):
 // each input element is read from L2 about 1.5 times, against 9 times in the Pallas kernel, whose tap loads bound it
-// (benchmarks/NOTES.md). Flat ranges (`warpgroup`: rows of up to 96 pixels, the training crops): Hopper's warpgroup
-// products on consecutive flat rows, both operands read from shared memory (below, `dense_conv_wgmma_kernel`); a
-// convolution's kernels then come as K-major copies (9, cout, c) at `kmajor_offsets`.
+// (benchmarks/NOTES.md). Warpgroup products (rows of up to 96 pixels, the training crops, and wider rows' 32-output
+// tiles): Hopper's wgmma on flat ranges of consecutive rows, or on line tiles of wide rows, both operands read from
+// shared memory (below, `dense_conv_wgmma_kernel`); a convolution's kernels then come as K-major copies (9, cout, c)
+// at `kmajor_offsets`.
 // float32 operands must be TF32 values (dense_cuda.cuh); the epilogues that write feature maps or their gradients
 // round their float32 outputs to TF32 (only these kernels read them).
 #include "dense_cuda.cuh"
@@ -75,51 +76,88 @@ __device__ __forceinline__ uint32_t weight_swizzled(int row, int seg) {
   }
 }
 
-// Stage `s`'s copies: KC channels (32 bytes) of one input, its tile and its nine taps' NT x KC weights. A thread
-// copies the same 16-byte segment of every R-th row of a region (R = 128 threads / the segments of a row, a
-// multiple of 16), so its shared-memory addresses are one base plus constants (the swizzles read a row's bits 0-2
-// only) and its source steps by a constant (the tile: R pixels, on to the next line past the tile's width).
+// The staging copies. A thread copies the same 16-byte half of every (threads / 2)-th 32-byte row of a region, so its
+// shared-memory address is one base plus constants (the 32-byte swizzle reads a row's bit 2 only) and its source
+// steps by constants.
+
+// A tile of LINES lines x COLS pixels (32 bytes of channels each, flat row width w2) from flat row `first` of x
+// (row_bytes a row, `rows` rows; zeros outside them) into shared rows line * COLS + col.
+template <int LINES, int COLS, int THREADS>
+__device__ __forceinline__ void copy_tile(uint32_t smem, const char* x, int row_bytes, long long first, int w2,
+                                          long long rows) {
+  constexpr int kStep = THREADS / 2, kRows = LINES * COLS;
+  static_assert(kStep % 8 == 0, "the swizzle of a thread's rows is its first row's");
+  const int half = threadIdx.x & 1, r0 = threadIdx.x >> 1;
+  const char* origin = x + half * 16;
+  const char* base = origin + first * row_bytes;
+  const int lowest = (int)max(-first, -(long long)INT_MAX), end = (int)min(rows - first, (long long)INT_MAX);
+  int line = r0 / COLS, col = r0 % COLS, pixel = line * w2 + col;
+#pragma unroll 1
+  for (int j = 0; j < (kRows + kStep - 1) / kStep; ++j) {
+    if (line < LINES) {
+      const bool valid = pixel >= lowest && pixel < end;
+      cp_async16(smem + ldmatrix_swizzled<kRowBytes>(r0, half) + j * kStep * kRowBytes,
+                 valid ? base + (long long)pixel * row_bytes : origin, valid);
+    }
+    col += kStep;
+    pixel += kStep;
+#pragma unroll
+    for (int wrap = 0; wrap < (kStep + COLS - 1) / COLS; ++wrap)
+      if (col >= COLS) col -= COLS, pixel += w2 - COLS, ++line;
+  }
+}
+
+// Flat rows [first, first + n) of x (row_bytes a row, `rows` rows; zeros outside them) into shared rows 0 to n - 1.
+template <int THREADS>
+__device__ __forceinline__ void copy_range(uint32_t smem, const char* x, int row_bytes, long long first, int n,
+                                           long long rows) {
+  constexpr int kStep = THREADS / 2;
+  static_assert(kStep % 8 == 0, "the swizzle of a thread's rows is its first row's");
+  const int half = threadIdx.x & 1, r0 = threadIdx.x >> 1;
+  const char* origin = x + half * 16;
+  const char* base = origin + first * row_bytes;
+  const int lowest = (int)max(-first, -(long long)INT_MAX), end = (int)min(rows - first, (long long)INT_MAX);
+  const uint32_t dst = smem + ldmatrix_swizzled<kRowBytes>(r0, half) - r0 * kRowBytes;
+#pragma unroll 1
+  for (int r = r0; r < n; r += kStep) {
+    const bool valid = r >= lowest && r < end;
+    cp_async16(dst + r * kRowBytes, valid ? base + (long long)r * row_bytes : origin, valid);
+  }
+}
+
+// The nine taps' K-major weights (9, cout, c) of outputs n0 to n0 + NT - 1, 32 bytes of channels from w (their first
+// byte at tap 0, output 0), into shared rows tap * NT + n; tap t is the kernel's 8 - t if REVERSED (a transposed
+// convolution).
+template <int NT, int THREADS, bool REVERSED>
+__device__ __forceinline__ void copy_kmajor_weights(uint32_t smem, const char* w, int cout, int row_bytes, int n0) {
+  constexpr int kStep = THREADS / 2, kRows = 9 * NT;
+  static_assert(kStep % NT == 0 && kStep % 8 == 0, "a thread's output channel n and swizzle are fixed");
+  const int half = threadIdx.x & 1, r0 = threadIdx.x >> 1, tap0 = r0 / NT, n = r0 % NT;
+  const long long tap_bytes = (long long)cout * row_bytes * (REVERSED ? -1 : 1);
+  const char* src = w + ((long long)((REVERSED ? 8 - tap0 : tap0) * cout + n0 + n) * row_bytes) + half * 16;
+#pragma unroll
+  for (int j = 0; j < (kRows + kStep - 1) / kStep; ++j)  // rows r0 + j kStep: taps tap0 + j kStep / NT
+    if ((j + 1) * kStep <= kRows || r0 + j * kStep < kRows)
+      cp_async16(smem + ldmatrix_swizzled<kRowBytes>(r0, half) + j * kStep * kRowBytes,
+                 src + j * (kStep / NT) * tap_bytes, true);
+}
+
+// Stage `s`'s copies: KC channels (32 bytes) of one input, its tile and its nine taps' NT x KC weights (HWIO rows:
+// a thread copies the same 16-byte segment of every R-th row, R = 128 threads / the segments of a row, a multiple of
+// KC, so its addresses are bases plus constants as above; the swizzles read a row's bits 0-2 only).
 template <typename T, int NT, int MT, bool TRANS>
 __device__ __forceinline__ void load_stage(const Params& p, int input, int chunk, uint32_t smem, int line0, int col0,
                                            int n0) {
   constexpr int kThreads = 128, kTileCols = MT * 16 + 2;
   const int c = p.c[input];
-  {  // the tile: kTileLines lines x kTileCols pixels x 32 bytes; zeros outside the array
-    constexpr int kStep = kThreads / 2, kRows = kTileLines * kTileCols;
-    const int half = threadIdx.x & 1, r0 = threadIdx.x >> 1;
-    const int row_bytes = c * (int)sizeof(T);
-    const char* origin = p.x[input] + blockIdx.z * p.x_step[input] + (size_t)chunk * 32 + half * 16;
-    const long long first = p.margin + (long long)(line0 - 1) * p.w2 + col0 - 1;  // the tile's first flat row
-    const char* x = origin + first * row_bytes;
-    const int lowest = (int)max(-first, -(long long)INT_MAX), end = (int)min(p.rows - first, (long long)INT_MAX);
-    int line = r0 / kTileCols, col = r0 % kTileCols, pixel = line * p.w2 + col;
-#pragma unroll 1
-    for (int j = 0; j < (kRows + kStep - 1) / kStep; ++j) {
-      if (line < kTileLines) {
-        const bool valid = pixel >= lowest && pixel < end;
-        cp_async16(smem + ldmatrix_swizzled<kRowBytes>(r0, half) + j * kStep * kRowBytes,
-                   valid ? x + (long long)pixel * row_bytes : origin, valid);
-      }
-      col += kStep;
-      pixel += kStep;
-#pragma unroll
-      for (int wrap = 0; wrap < (kStep + kTileCols - 1) / kTileCols; ++wrap)
-        if (col >= kTileCols) col -= kTileCols, pixel += p.w2 - kTileCols, ++line;
-    }
-  }
+  const int row_bytes = c * (int)sizeof(T);
+  copy_tile<kTileLines, kTileCols, kThreads>(smem, p.x[input] + blockIdx.z * p.x_step[input] + (size_t)chunk * 32,
+                                             row_bytes, p.margin + (long long)(line0 - 1) * p.w2 + col0 - 1, p.w2,
+                                             p.rows);
   const char* w = p.w[input] + blockIdx.z * p.w_step[input];
   const uint32_t wsmem = smem + kTileLines * kTileCols * kRowBytes;
   if constexpr (TRANS) {  // rows (tap, n) of KC channels; the transposed convolution's tap t is the kernel's 8 - t
-    constexpr int kStep = kThreads / 2, kRows = 9 * NT;
-    static_assert(kStep % NT == 0, "a thread's output channel n is fixed");
-    const int half = threadIdx.x & 1, r0 = threadIdx.x >> 1, tap0 = r0 / NT, n = r0 % NT;
-    const long long tap_bytes = (long long)p.cout * c * sizeof(T);
-    const char* src = w + ((long long)((8 - tap0) * p.cout + n0 + n) * c) * sizeof(T) + chunk * 32 + half * 16;
-#pragma unroll
-    for (int j = 0; j < (kRows + kStep - 1) / kStep; ++j)  // rows r0 + j kStep: taps tap0 + j kStep / NT
-      if ((j + 1) * kStep <= kRows || r0 + j * kStep < kRows)
-        cp_async16(wsmem + ldmatrix_swizzled<kRowBytes>(r0, half) + j * kStep * kRowBytes,
-                   src - j * (kStep / NT) * tap_bytes, true);
+    copy_kmajor_weights<NT, kThreads, true>(wsmem, w + chunk * 32, p.cout, row_bytes, n0);
   } else {  // rows (tap, channel) of NT outputs
     constexpr int kc = 32 / sizeof(T), kSegs = kWeightRowBytes<T, NT> / 16, kStep = kThreads / kSegs, kRows = 9 * kc;
     static_assert(kStep % kc == 0, "a thread's channel k is fixed");
@@ -344,7 +382,7 @@ cudaError_t launch_direction(const Params& p, int epilogue, bool transpose, cuda
 
 // ---------------------------------------------------------------------------------------------------------------
 // The same convolution as Hopper warpgroup products (wgmma) on flat-range tiles, for narrow images (the training
-// crops: `cuda_kernels.warpgroup_products` decides). A block of kWarpgroups warpgroups computes kRangeRows
+// crops; `DenseConvImpl` decides). A block of kWarpgroups warpgroups computes kRangeRows
 // consecutive flat rows x NT outputs, each warpgroup kRangeTiles m64 tiles of them. A stage holds 32 bytes of channels
 // of one input for the rows [r0 - w2 - 1, r0 + kRangeRows + w2 + 1), 32-byte rows swizzled as the hardware reads
 // them (`wgmma_descriptor_32b`), and the nine taps' K-major weights (9 x NT rows of 32 bytes): a tap's A operand is
@@ -352,33 +390,52 @@ cudaError_t launch_direction(const Params& p, int epilogue, bool transpose, cuda
 // no registers for A) and a stage's 9 x kRangeTiles products a warpgroup are issued back to back. Stages are loaded
 // two ahead into four buffers; a buffer is loaded again once its products are waited for.
 constexpr int kWarpgroups = 3;
-constexpr int kRangeTiles = 2;  // m64 tiles a warpgroup
+constexpr int kRangeTiles = 2;  // m64 tiles a warpgroup (flat ranges)
 constexpr int kRangeRows = kWarpgroups * kRangeTiles * 64;
 constexpr int kRangeBuffers = 4;
 constexpr int kRangeAhead = 2;
-constexpr int kRangeMaxRowWidth = 96;  // w2 at most (cuda_kernels.WARPGROUP_MAX_ROW_WIDTH): the shared memory allowed
+constexpr int kRangeMaxRowWidth = 96;  // w2 of flat ranges at most: a halo of 2 (w2 + 1) rows, half a block's again
+
+// Wide rows (`WIDE`, w2 > kRangeMaxRowWidth) take line tiles instead of flat ranges, whose halo would grow with the
+// width: a block computes kWideLines lines x 64 pixels, one m64 tile a line (kWideTiles a warpgroup: more lines a
+// stage than flat ranges' rows, fewer weight copies per output), and a stage holds those lines' 66 pixels and the
+// lines above and below, as rows of width kWideCols. Either way the stage is a flat image of row width
+// W (w2, or kWideCols) whose m64 tile t starts at row W + 1 + t * (64, or W), and tap (dy, dx) reads the 64 rows
+// (dy - 1) W + dx - 1 further on.
+constexpr int kWideTiles = 4;
+constexpr int kWideLines = kWarpgroups * kWideTiles;
+constexpr int kWideCols = 64 + 2;
 
 // Rows a stage holds for row width w2 (a multiple of 8), and its bytes (1 KB multiples: every stage starts on a
 // 256-byte boundary, which the swizzle needs).
-__host__ __device__ constexpr int range_stage_rows(int w2) { return (kRangeRows + 2 * (w2 + 1) + 7) / 8 * 8; }
-__host__ __device__ constexpr int range_input_bytes(int w2) { return (range_stage_rows(w2) * kRowBytes + 1023) / 1024 * 1024; }
-template <int NT>
+template <bool WIDE>
+__host__ __device__ constexpr int range_stage_rows(int w2) {
+  return WIDE ? (kWideLines + 2) * kWideCols : (kRangeRows + 2 * (w2 + 1) + 7) / 8 * 8;
+}
+template <bool WIDE>
+__host__ __device__ constexpr int range_input_bytes(int w2) {
+  return (range_stage_rows<WIDE>(w2) * kRowBytes + 1023) / 1024 * 1024;
+}
+template <int NT, bool WIDE>
 __host__ __device__ constexpr int range_stage_bytes(int w2) {
-  return range_input_bytes(w2) + (9 * NT * kRowBytes + 1023) / 1024 * 1024;
+  return range_input_bytes<WIDE>(w2) + (9 * NT * kRowBytes + 1023) / 1024 * 1024;
 }
 
-template <typename T, int NT, int EPI, bool TRANS>
+template <typename T, int NT, int EPI, bool TRANS, bool WIDE>
 __global__ void __launch_bounds__(128 * kWarpgroups, 1) dense_conv_wgmma_kernel(const __grid_constant__ Params p) {
   extern __shared__ __align__(128) char smem_raw[];
   const uint32_t smem = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;  // 1 KB aligned
-  constexpr int kc = 32 / sizeof(T);
+  constexpr int kc = 32 / sizeof(T), kThreads = 128 * kWarpgroups, kTiles = WIDE ? kWideTiles : kRangeTiles;
   if ((int)blockIdx.x >= p.tiles) {  // a margin block
     if (blockIdx.y == 0) zero_margins<T>(p);
     return;
   }
-  const int halo = p.w2 + 1, rows = range_stage_rows(p.w2);
-  const int input_bytes = range_input_bytes(p.w2), stage_bytes = range_stage_bytes<NT>(p.w2);
+  const int rows = range_stage_rows<WIDE>(p.w2), width = WIDE ? kWideCols : p.w2;  // the stage's rows and W
+  const int input_bytes = range_input_bytes<WIDE>(p.w2), stage_bytes = range_stage_bytes<NT, WIDE>(p.w2);
+  // the stage's row 0: flat row r0 - w2 - 1 (flat ranges), or the pixel left of (line0 - 1, col0) (wide)
+  const int line0 = WIDE ? blockIdx.x / p.col_tiles * kWideLines : 0, col0 = WIDE ? blockIdx.x % p.col_tiles * 64 : 0;
   const long long r0 = p.zero_head + (long long)blockIdx.x * kRangeRows;
+  const long long first = WIDE ? p.margin + (long long)(line0 - 1) * p.w2 + col0 - 1 : r0 - p.w2 - 1;
   const int n0 = blockIdx.y * NT;
   int total = 0;
   for (int i = 0; i < p.n_inputs; ++i) total += p.c[i] / kc;
@@ -386,23 +443,15 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1) dense_conv_wgmma_kernel(
   // stage order: input 0's chunks, then input 1's, ...
   int load_input = 0, load_chunk = 0;
   auto load_stage = [&](uint32_t stage) {
-    const int c = p.c[load_input];
+    const int row_bytes = p.c[load_input] * (int)sizeof(T);
     const char* x = p.x[load_input] + blockIdx.z * p.x_step[load_input] + (size_t)load_chunk * 32;
-    for (int i = threadIdx.x; i < rows * 2; i += blockDim.x) {
-      const int r = i >> 1, half = i & 1;
-      const long long row = r0 - halo + r;
-      const bool valid = row >= 0 && row < p.rows;
-      cp_async16(stage + ldmatrix_swizzled<kRowBytes>(r, half), x + (valid ? row : 0) * c * (long long)sizeof(T) + half * 16,
-                 valid);
-    }
+    if constexpr (WIDE)
+      copy_tile<kWideLines + 2, kWideCols, kThreads>(stage, x, row_bytes, first, p.w2, p.rows);
+    else
+      copy_range<kThreads>(stage, x, row_bytes, first, rows, p.rows);
     // weights (9, cout, c): a transposed convolution's tap t is the kernel's 8 - t
     const char* w = p.w[load_input] + blockIdx.z * p.w_step[load_input] + (size_t)load_chunk * 32;
-    for (int i = threadIdx.x; i < 9 * NT * 2; i += blockDim.x) {
-      const int r = i >> 1, half = i & 1;
-      const int tap = r / NT, n = r - tap * NT;
-      const char* src = w + ((long long)((TRANS ? 8 - tap : tap) * p.cout + n0 + n) * c) * sizeof(T) + half * 16;
-      cp_async16(stage + input_bytes + ldmatrix_swizzled<kRowBytes>(r, half), src, true);
-    }
+    copy_kmajor_weights<NT, kThreads, TRANS>(stage + input_bytes, w, p.cout, row_bytes, n0);
     if (++load_chunk == p.c[load_input] / kc) {
       load_chunk = 0;
       ++load_input;
@@ -414,7 +463,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1) dense_conv_wgmma_kernel(
   }
 
   const int group = threadIdx.x >> 7;  // warpgroup
-  float acc[kRangeTiles][NT / 8][4];
+  float acc[kTiles][NT / 8][4];
   zero_accumulators(acc);
 
   for (int s = 0; s < total; ++s) {
@@ -424,34 +473,53 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1) dense_conv_wgmma_kernel(
     if (s + kRangeAhead < total) load_stage(smem + ((s + kRangeAhead) % kRangeBuffers) * stage_bytes);
     cp_async_commit();
     const uint32_t stage = smem + (s % kRangeBuffers) * stage_bytes;
-    const uint32_t first = stage + (group * kRangeTiles * 64 + halo) * kRowBytes;
+    constexpr int kTileStep = WIDE ? kWideCols : 64;  // stage rows from one m64 tile to the next
+    const uint32_t tile0 = stage + (width + 1 + group * kTiles * kTileStep) * kRowBytes;
     wgmma_fence();
 #pragma unroll
     for (int tap = 0; tap < 9; ++tap) {
-      const int offset = (tap / 3 - 1) * p.w2 + (tap % 3 - 1);
+      const int offset = (tap / 3 - 1) * width + (tap % 3 - 1);
       const uint64_t b = wgmma_descriptor_32b(stage + input_bytes + tap * NT * kRowBytes);
 #pragma unroll
-      for (int m = 0; m < kRangeTiles; ++m)
-        wgmma<T, NT / 8>(acc[m], wgmma_descriptor_32b(first + (m * 64 + offset) * kRowBytes), b);
+      for (int m = 0; m < kTiles; ++m)
+        wgmma<T, NT / 8>(acc[m], wgmma_descriptor_32b(tile0 + (m * kTileStep + offset) * kRowBytes), b);
     }
     wgmma_commit();
     wgmma_wait<1>();
   }
   wgmma_wait<0>();
 
-  // Epilogue: accumulator element q of (m, j) is row m * 64 + 16 * warp + lane / 4 + 8 * (q / 2) of the warpgroup's
-  // rows, channel j * 8 + 2 * (lane % 4) + q % 2. The epilogue's operands are all loaded before the first store (a
-  // store may alias them as far as the compiler knows, and a load after it would wait for it).
+  // Epilogue: accumulator element q of (m, j) is row 16 * warp + lane / 4 + 8 * (q / 2) of the warpgroup's m64 tile m,
+  // channel j * 8 + 2 * (lane % 4) + q % 2. The epilogue's operands are all loaded before the first store (a store may
+  // alias them as far as the compiler knows, and a load after it would wait for it).
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-  const long long row0 = r0 + group * kRangeTiles * 64 + 16 * warp + (lane >> 2);
+  // the flat row of the elements (m, half) of this lane, whether it is inside the image, and whether it is written
+  // (within the image lines; wide: also within the row)
+  auto place = [&](int m, int half, long long& row, bool& inside) {
+    const int dr = 16 * warp + (lane >> 2) + 8 * half;
+    if constexpr (WIDE) {
+      const int line = line0 + group * kTiles + m, col = col0 + dr, y = line % p.h2;
+      row = p.margin + (long long)line * p.w2 + col;
+      inside = col >= 1 && col <= p.w2 - 2 && y >= 1 && y <= p.h2 - 2;
+      return line < p.lines && col < p.w2;
+    } else {
+      row = r0 + (group * kRangeTiles + m) * 64 + dr;
+      const long long q = row - p.zero_head;
+      const int x = (int)(q % p.w2), y = (int)(q / p.w2 % p.h2);
+      inside = x >= 1 && x <= p.w2 - 2 && y >= 1 && y <= p.h2 - 2;
+      return row < p.zero_tail;
+    }
+  };
   T* out = reinterpret_cast<T*>(p.out + blockIdx.z * p.out_step);
   const T* extra = reinterpret_cast<const T*>(p.extra + blockIdx.z * p.extra_step);
-  float operand[kRangeTiles][2][NT / 8][2];  // the bias, or kLeakyGrad's activations, at each accumulator element
+  float operand[kTiles][2][NT / 8][2];  // the bias, or kLeakyGrad's activations, at each accumulator element
 #pragma unroll
-  for (int m = 0; m < kRangeTiles; ++m)
+  for (int m = 0; m < kTiles; ++m)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const long long row = min(row0 + m * 64 + 8 * half, p.zero_tail - 1);
+      long long row;
+      bool inside;
+      if (!place(m, half, row, inside)) row = p.zero_tail - 1;
 #pragma unroll
       for (int j = 0; j < NT / 8; ++j) {
         const int n = n0 + j * 8 + 2 * (lane & 3);
@@ -460,14 +528,12 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1) dense_conv_wgmma_kernel(
       }
     }
 #pragma unroll
-  for (int m = 0; m < kRangeTiles; ++m)
+  for (int m = 0; m < kTiles; ++m)
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
-      const long long row = row0 + m * 64 + 8 * half;
-      if (row >= p.zero_tail) continue;
-      const long long q = row - p.zero_head;
-      const int x = (int)(q % p.w2), y = (int)(q / p.w2 % p.h2);
-      const bool inside = x >= 1 && x <= p.w2 - 2 && y >= 1 && y <= p.h2 - 2;
+      long long row;
+      bool inside;
+      if (!place(m, half, row, inside)) continue;
 #pragma unroll
       for (int j = 0; j < NT / 8; ++j) {
         float v[2] = {acc[m][j][2 * half], acc[m][j][2 * half + 1]};
@@ -485,32 +551,41 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1) dense_conv_wgmma_kernel(
     }
 }
 
-template <typename T, int NT, int EPI, bool TRANS>
+template <typename T, int NT, int EPI, bool TRANS, bool WIDE>
 cudaError_t launch_wgmma(Params p, cudaStream_t stream) {
-  constexpr auto kernel = dense_conv_wgmma_kernel<T, NT, EPI, TRANS>;
-  const int smem = kRangeBuffers * range_stage_bytes<NT>(p.w2) + 1024;  // + the alignment to 1 KB
-  cudaError_t err = allow_shared_memory<kernel>(kRangeBuffers * range_stage_bytes<NT>(kRangeMaxRowWidth) + 1024);
+  constexpr auto kernel = dense_conv_wgmma_kernel<T, NT, EPI, TRANS, WIDE>;
+  const int smem = kRangeBuffers * range_stage_bytes<NT, WIDE>(p.w2) + 1024;  // + the alignment to 1 KB
+  cudaError_t err = allow_shared_memory<kernel>(kRangeBuffers * range_stage_bytes<NT, WIDE>(kRangeMaxRowWidth) + 1024);
   if (err != cudaSuccess) return err;
-  p.tiles = (int)((p.zero_tail - p.zero_head + kRangeRows - 1) / kRangeRows);
+  if (WIDE) {
+    p.col_tiles = (p.w2 + 63) / 64;
+    p.tiles = (p.lines + kWideLines - 1) / kWideLines * p.col_tiles;
+  } else {
+    p.tiles = (int)((p.zero_tail - p.zero_head + kRangeRows - 1) / kRangeRows);
+  }
   dim3 grid(p.tiles + kZeroBlocks, p.cout / NT, p.members);
   kernel<<<grid, 128 * kWarpgroups, smem, stream>>>(p);
   return cudaGetLastError();
 }
 
-template <typename T, int NT, bool TRANS>
+template <typename T, int NT, bool TRANS, bool WIDE>
 cudaError_t launch_wgmma_epilogue(const Params& p, int epilogue, cudaStream_t stream) {
   switch (epilogue) {
-    case kNone: return launch_wgmma<T, NT, kNone, TRANS>(p, stream);
-    case kBias: return launch_wgmma<T, NT, kBias, TRANS>(p, stream);
-    case kBiasLeaky: return launch_wgmma<T, NT, kBiasLeaky, TRANS>(p, stream);
-    default: return launch_wgmma<T, NT, kLeakyGrad, TRANS>(p, stream);
+    case kNone: return launch_wgmma<T, NT, kNone, TRANS, WIDE>(p, stream);
+    case kBias: return launch_wgmma<T, NT, kBias, TRANS, WIDE>(p, stream);
+    case kBiasLeaky: return launch_wgmma<T, NT, kBiasLeaky, TRANS, WIDE>(p, stream);
+    default: return launch_wgmma<T, NT, kLeakyGrad, TRANS, WIDE>(p, stream);
   }
 }
 
 template <typename T, int NT>
 cudaError_t launch_wgmma_direction(const Params& p, int epilogue, bool transpose, cudaStream_t stream) {
-  return transpose ? launch_wgmma_epilogue<T, NT, true>(p, epilogue, stream)
-                   : launch_wgmma_epilogue<T, NT, false>(p, epilogue, stream);
+  const bool wide = p.w2 > kRangeMaxRowWidth;
+  if (wide)
+    return transpose ? launch_wgmma_epilogue<T, NT, true, true>(p, epilogue, stream)
+                     : launch_wgmma_epilogue<T, NT, false, true>(p, epilogue, stream);
+  return transpose ? launch_wgmma_epilogue<T, NT, true, false>(p, epilogue, stream)
+                   : launch_wgmma_epilogue<T, NT, false, false>(p, epilogue, stream);
 }
 
 // The line width in m16 tiles: of 4, 3 and 5, the least wasteful for a row width w2 (4 on ties). Narrower blocks
@@ -529,17 +604,11 @@ cudaError_t launch_width(const Params& p, int mt, int epilogue, bool transpose, 
 ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Result<ffi::AnyBuffer> out, int64_t n,
                          int64_t h, int64_t w, int64_t margin, int64_t n_inputs, int64_t epilogue,
                          ffi::Span<const int64_t> kernel_offsets, ffi::Span<const int64_t> kmajor_offsets,
-                         int64_t bias_offset, bool transpose, bool warpgroup) {
+                         int64_t bias_offset, bool transpose) {
   if (n_inputs < 1 || n_inputs > kMaxInputs) return ffi::Error::InvalidArgument("dense_conv: 1 to 8 inputs");
   if (epilogue < kNone || epilogue > kLeakyGrad) return ffi::Error::InvalidArgument("dense_conv: unknown epilogue");
-  if ((int64_t)kernel_offsets.size() != n_inputs)
-    return ffi::Error::InvalidArgument("dense_conv: one kernel offset an input");
-  // the warpgroup kernel reads K-major kernels (9, cout, c): a transposed convolution's own, a convolution's copies
-  const bool kmajor = warpgroup && !transpose;
-  if (kmajor && (int64_t)kmajor_offsets.size() != n_inputs)
-    return ffi::Error::InvalidArgument("dense_conv: one K-major kernel offset an input for warpgroup products");
-  if (warpgroup && w + 2 > kRangeMaxRowWidth)
-    return ffi::Error::InvalidArgument("dense_conv: warpgroup products take rows of at most 96 pixels (w <= 94)");
+  if ((int64_t)kernel_offsets.size() != n_inputs || (int64_t)kmajor_offsets.size() != n_inputs)
+    return ffi::Error::InvalidArgument("dense_conv: one kernel offset and one K-major kernel offset an input");
   const bool with_bias = epilogue == kBias || epilogue == kBiasLeaky;
   const int with_activation = epilogue == kLeakyGrad ? 1 : 0;
   if ((int64_t)args.size() != n_inputs + 1 + with_activation)
@@ -555,6 +624,12 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
   p.rows = extent(*out, 2, 0);
   p.cout = (int)extent(*out, 2, 1);
   if (p.cout % 16 != 0) return ffi::Error::InvalidArgument("dense_conv: output channels must be a multiple of 16");
+  // Warpgroup products for rows of up to kRangeMaxRowWidth pixels (flat ranges) and for 32-output tiles of wider
+  // rows (line tiles); mma.sync line tiles for wider rows' 16-output tiles, which they computed faster on an H100
+  // (benchmarks/NOTES.md). The warpgroup kernel reads K-major kernels (9, cout, c): a transposed convolution's own,
+  // a convolution's copies.
+  const bool nt32 = p.cout % 32 == 0, warpgroup = w + 2 <= kRangeMaxRowWidth || nt32;
+  const bool kmajor = warpgroup && !transpose;
   auto pack = args.get<ffi::AnyBuffer>(n_inputs);
   if (pack.has_error()) return pack.error();
   const char* weights = static_cast<const char*>(pack->untyped_data());
@@ -604,19 +679,16 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
   p.zero_head = p.margin;
   p.zero_tail = p.margin + (long long)p.lines * p.w2;
   cudaError_t err;
-  const bool nt32 = p.cout % 32 == 0;
   if (warpgroup && dtype == ffi::DataType::BF16)
     err = nt32 ? launch_wgmma_direction<__nv_bfloat16, 32>(p, (int)epilogue, transpose, stream)
                : launch_wgmma_direction<__nv_bfloat16, 16>(p, (int)epilogue, transpose, stream);
   else if (warpgroup)
     err = nt32 ? launch_wgmma_direction<float, 32>(p, (int)epilogue, transpose, stream)
                : launch_wgmma_direction<float, 16>(p, (int)epilogue, transpose, stream);
-  else if (dtype == ffi::DataType::BF16)
-    err = nt32 ? launch_width<__nv_bfloat16, 32>(p, mt, (int)epilogue, transpose, stream)
-               : launch_width<__nv_bfloat16, 16>(p, mt, (int)epilogue, transpose, stream);
+  else if (dtype == ffi::DataType::BF16)  // line tiles: 16-output tiles of wide rows only
+    err = launch_width<__nv_bfloat16, 16>(p, mt, (int)epilogue, transpose, stream);
   else
-    err = nt32 ? launch_width<float, 32>(p, mt, (int)epilogue, transpose, stream)
-               : launch_width<float, 16>(p, mt, (int)epilogue, transpose, stream);
+    err = launch_width<float, 16>(p, mt, (int)epilogue, transpose, stream);
   if (err != cudaSuccess) return ffi::Error::Internal(cudaGetErrorString(err));
   return ffi::Error::Success();
 }
@@ -637,6 +709,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IrrmDenseConv, DenseConvImpl,
                                   .Attr<ffi::Span<const int64_t>>("kernel_offsets")
                                   .Attr<ffi::Span<const int64_t>>("kmajor_offsets")
                                   .Attr<int64_t>("bias_offset")
-                                  .Attr<bool>("transpose")
-                                  .Attr<bool>("warpgroup"),
+                                  .Attr<bool>("transpose"),
                               {ffi::Traits::kCmdBufferCompatible});

@@ -348,38 +348,34 @@ def padded_channels(c: int, dtype=None) -> int:
     return max(16, pl.next_power_of_2(c))
 
 
-def _no_copies(layout: FlatLayout) -> bool:
-    return False
-
-
 class Ops(NamedTuple):
     """The two kernels a DenseBlock is computed with, forward and backward: `conv` and `weight_grads` here (Pallas),
     or the CUDA ones of `irrm_jax.cuda_kernels` (same arguments and results); ``operand`` prepares the block's input,
     kernels and output gradient for them, once a block (the CUDA kernels take float32 operands as TF32 values);
-    ``channels(c, dtype)`` is the channel count they compute c channels with; ``kmajor_copies(layout)`` whether
-    the forward convolutions read the kernels as K-major copies (9, cout, c) packed beside them (`pack_weights`).
+    ``channels(c, dtype)`` is the channel count they compute c channels with; ``kmajor_copies`` whether the
+    forward convolutions may read the kernels as K-major copies (9, cout, c) packed beside them (`pack_weights`).
     Pallas reads each kernel from a copy of its part of the pack; CUDA reads the pack."""
 
     conv: Callable
     weight_grads: Callable
     operand: Callable = _unchanged
     channels: Callable = padded_channels
-    kmajor_copies: Callable = _no_copies
+    kmajor_copies: bool = False
 
 
 PALLAS = Ops(conv, weight_grads)
 
 
-def pack_weights(ops: Ops, kernels: tuple, biases: tuple, layout: FlatLayout) -> WeightPack:
+def pack_weights(ops: Ops, kernels: tuple, biases: tuple) -> WeightPack:
     """A block's kernels (one tuple of per-input kernels a layer) and biases as its convolutions read them: layer k's
     HWIO kernel for input i as ``w{k}.{i}`` (9, c_i, cout), for the forward convolutions and (transposed) the input
-    gradients, its bias as ``b{k}``; where ``ops.kmajor_copies(layout)``, also the kernel's K-major copy
+    gradients, its bias as ``b{k}``; where ``ops.kmajor_copies``, also the kernel's K-major copy
     ``w{k}.{i}.t`` (9, cout, c_i) for the forward convolutions."""
-    arrays, copies = {}, ops.kmajor_copies(layout)
+    arrays = {}
     for k, (layer_kernels, bias) in enumerate(zip(kernels, biases, strict=True)):
         for i, kernel in enumerate(layer_kernels):
             arrays[f"w{k}.{i}"] = ops.operand(kernel)
-            if copies:
+            if ops.kmajor_copies:
                 arrays[f"w{k}.{i}.t"] = jnp.swapaxes(arrays[f"w{k}.{i}"], 1, 2)
         arrays[f"b{k}"] = bias
     return WeightPack.of(arrays)
@@ -408,11 +404,11 @@ def dense_block_flat(layout: FlatLayout, ops: Ops, x: jax.Array, kernels: tuple,
     (9, c, cout) per input) and adds biases[k]; layers before the last apply LeakyReLU(0.2). Forward and backward
     are computed by ``ops`` (`PALLAS` or `irrm_jax.cuda_kernels.CUDA`). The output's gradient must be zero outside
     the pixels, like every flat array (`dense_block`'s is)."""
-    return _forward(layout, ops, x, pack_weights(ops, kernels, biases, layout), len(kernels))[-1]
+    return _forward(layout, ops, x, pack_weights(ops, kernels, biases), len(kernels))[-1]
 
 
 def _dense_block_fwd(layout, ops, x, kernels, biases):
-    pack = pack_weights(ops, kernels, biases, layout)
+    pack = pack_weights(ops, kernels, biases)
     feats = _forward(layout, ops, x, pack, len(kernels))
     return feats[-1], (feats[:-1], pack)
 

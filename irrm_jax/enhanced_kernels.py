@@ -51,11 +51,11 @@ def enhanced_block_flat(layout: FlatLayout, ops: Ops, x: jax.Array, kernels: tup
     conv_out(LeakyReLU(h)); ``kernels`` (each a 1-tuple of a (9, c, cout) kernel, as `dense_kernels.pack_weights`
     takes them) and ``biases`` in that order (2 units + 2 of each). Computed by ``ops`` (`dense_kernels.PALLAS` or
     `irrm_jax.cuda_kernels.CUDA`); the output's gradient must be zero outside the pixels, like every flat array."""
-    return _forward(layout, ops, x, pack_weights(ops, kernels, biases, layout), (len(kernels) - 2) // 2)[0]
+    return _forward(layout, ops, x, pack_weights(ops, kernels, biases), (len(kernels) - 2) // 2)[0]
 
 
 def _enhanced_block_fwd(layout, ops, x, kernels, biases):
-    pack = pack_weights(ops, kernels, biases, layout)
+    pack = pack_weights(ops, kernels, biases)
     out, inputs = _forward(layout, ops, x, pack, (len(kernels) - 2) // 2)
     return out, (inputs, pack)
 

@@ -110,8 +110,8 @@ def operand(a: jax.Array, dtype) -> jax.Array:
     [("bias", False), ("bias_leaky", False), ("none", False), ("none", True), ("leaky_grad", True)],
 )
 @pytest.mark.parametrize("cout", [16, 32, 48])  # one or two column tiles of 16 or 32 (48: IRRM-L's width)
-# rows up to 96 pixels: warpgroup products on flat ranges (one block or several); wider: line tiles of 4, 5 and 3 m16
-# tiles
+# rows up to 96 pixels: warpgroup products on flat ranges (one block or several); wider: warpgroup products on line
+# tiles for 32 outputs, else mma.sync line tiles of 4, 5 and 3 m16 tiles
 @pytest.mark.parametrize("shape", [(2, 8, 62), (1, 9, 13), (1, 5, 126), (1, 6, 158), (2, 17, 130)])
 def test_conv_matches_xla(shape, cout, epilogue, transpose, dtype, tolerance):
     """Three inputs (16, 32, 32 channels) -> cout channels, against float32 XLA convolutions at full precision on
@@ -183,18 +183,15 @@ def test_weight_grads_match_xla(blocks, shape, cout, dtype, tolerance, monkeypat
         chex.assert_trees_all_close(bias, jnp.sum(g, (0, 1, 2)), atol=tolerance * float(jnp.max(jnp.abs(bias))))
 
 
-def test_k_major_kernel_copies_packed_where_the_convolutions_are_warpgroup_products():
-    """Rows of up to 96 pixels (w + 2) are warpgroup products, which read each kernel's K-major copy from the pack;
-    wider rows and the Pallas kernels read the HWIO kernels alone."""
-    narrow, wide = dk.FlatLayout(2, 36, 94), dk.FlatLayout(2, 36, 95)
-    assert cuda_kernels.warpgroup_products(narrow) and not cuda_kernels.warpgroup_products(wide)
+def test_k_major_kernel_copies_packed_for_the_cuda_convolutions_only():
+    """The CUDA convolutions' warpgroup products read each kernel's K-major copy from the pack; the Pallas kernels
+    read the HWIO kernels alone."""
     kernels, biases = ((normal(9, 16, 32), normal(9, 32, 32)),), (normal(32),)
-    pack = dk.pack_weights(cuda_kernels.CUDA, kernels, biases, narrow)
+    pack = dk.pack_weights(cuda_kernels.CUDA, kernels, biases)
     assert [name for name, _, _ in pack.slots] == ["w0.0", "w0.0.t", "w0.1", "w0.1.t", "b0"]
     for i, kernel in enumerate(kernels[0]):
         np.testing.assert_array_equal(pack[f"w0.{i}.t"], jnp.swapaxes(cuda_kernels.tf32_operand(kernel), 1, 2))
-    for ops, layout in ((cuda_kernels.CUDA, wide), (dk.PALLAS, narrow)):
-        assert [name for name, _, _ in dk.pack_weights(ops, kernels, biases, layout).slots] == ["w0.0", "w0.1", "b0"]
+    assert [name for name, _, _ in dk.pack_weights(dk.PALLAS, kernels, biases).slots] == ["w0.0", "w0.1", "b0"]
 
 
 def test_one_kernel_gradient_call_for_the_layers_of_each_width_within_its_limits():
