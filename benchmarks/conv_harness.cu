@@ -15,41 +15,26 @@
 #endif
 #include SRC
 
+#include "harness.cuh"
+
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
-
-#define CK(x) do { cudaError_t e_ = (x); if (e_ != cudaSuccess) { printf("CUDA %s at %d\n", cudaGetErrorString(e_), __LINE__); exit(1); } } while (0)
-
-static float tf32(float v) { uint32_t u; memcpy(&u, &v, 4); u = (u + 0x1000u) & ~0x1FFFu; memcpy(&v, &u, 4); return v; }
-template <typename T> T conv(float v);
-template <> float conv<float>(float v) { return tf32(v); }
-template <> __nv_bfloat16 conv<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 
 template <typename T, int NT>
 static void bench(const char* name, int n, int h, int w, std::vector<int> cs, int cout, int epi, bool trans) {
   if (getenv("CASE") && !strstr(name, getenv("CASE"))) return;
-  const int h2 = h + 2, w2 = w + 2, plane = h2 * w2;
-  const long long margin = (long long)((w + 3 + 63) / 64) * 64;
-  const long long core = ((long long)n * plane + 63) / 64 * 64 + 64;
-  const long long rows = core + 2 * margin;
+  const FlatImages images(n, h, w);
+  const int h2 = images.h2, w2 = images.w2;
+  const long long margin = images.margin, rows = images.rows;
   srand(1);
-  auto rnd = [] { return (float)rand() / RAND_MAX * 2.f - 1.f; };
-  auto upload = [](const std::vector<T>& v) { void* d; CK(cudaMalloc(&d, v.size() * sizeof(T))); CK(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice)); return d; };
-  auto image = [&](int c) {
-    std::vector<T> hx((size_t)rows * c, conv<T>(0.f));
-    for (long long r = 0; r < rows; ++r) {
-      long long q = r - margin;
-      if (q < 0 || q >= (long long)n * plane) continue;
-      int y = (int)((q % plane) / w2), x = (int)(q % w2);
-      if (y < 1 || y > h || x < 1 || x > w) continue;
-      for (int k = 0; k < c; ++k) hx[r * c + k] = conv<T>(rnd());
-    }
-    return upload(hx);
+  auto upload = [](const std::vector<T>& v) {
+    void* d;
+    CK(cudaMalloc(&d, v.size() * sizeof(T)));
+    CK(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+    return d;
   };
+  auto image = [&](int c) { return images.random<T>(c); };
   Params p{};
   std::vector<void*> bufs;
   p.n_inputs = (int)cs.size();
@@ -57,7 +42,7 @@ static void bench(const char* name, int n, int h, int w, std::vector<int> cs, in
   for (size_t i = 0; i < cs.size(); ++i) {
     p.x[i] = (const char*)image(cs[i]);
     std::vector<T> hw((size_t)9 * cs[i] * cout);
-    for (auto& v : hw) v = conv<T>(rnd() * 0.1f);
+    for (auto& v : hw) v = conv<T>(uniform() * 0.1f);
     p.w[i] = (const char*)upload(hw);
     if (trans) {
       q.w[i] = p.w[i];
@@ -76,7 +61,7 @@ static void bench(const char* name, int n, int h, int w, std::vector<int> cs, in
     p.extra = (const char*)image(cout);
   } else {
     std::vector<T> hb(cout);
-    for (auto& v : hb) v = conv<T>(rnd() * 0.1f);
+    for (auto& v : hb) v = conv<T>(uniform() * 0.1f);
     p.extra = (const char*)upload(hb);
   }
   bufs.push_back((void*)p.extra);
@@ -117,20 +102,8 @@ static void bench(const char* name, int n, int h, int w, std::vector<int> cs, in
     if (!(u == v)) ++nd;
     maxd = std::max(maxd, std::fabs(u - v)); maxv = std::max(maxv, std::fabs(u));
   }
-  auto timeit = [&] {
-    for (int i = 0; i < 5; ++i) run();
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    const int reps = 50;
-    CK(cudaEventRecord(e0));
-    for (int i = 0; i < reps; ++i) run();
-    CK(cudaEventRecord(e1));
-    CK(cudaEventSynchronize(e1));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    return ms * 1000.f / reps;
-  };
+  auto timeit = [&] { return mean_launch_us(run, 50); };
+
   double macs = 0;
   for (int c : cs) macs += (double)n * h * w * 9 * c * cout;
   wg = false; const float l1 = timeit(); wg = true; const float g1 = timeit(); wg = false; const float l2 = timeit(); wg = true; const float g2 = timeit();

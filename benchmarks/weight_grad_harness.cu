@@ -15,51 +15,20 @@
 #endif
 #include SRC
 
+#include "harness.cuh"
+
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <string>
 #include <vector>
-
-#define CK(x)                                                            \
-  do {                                                                   \
-    cudaError_t e_ = (x);                                                \
-    if (e_ != cudaSuccess) {                                             \
-      printf("CUDA %s at %d\n", cudaGetErrorString(e_), __LINE__);       \
-      exit(1);                                                           \
-    }                                                                    \
-  } while (0)
-
-static float tf32(float v) { uint32_t u; memcpy(&u, &v, 4); u = (u + 0x1000u) & ~0x1FFFu; memcpy(&v, &u, 4); return v; }
-template <typename T> T conv(float v);
-template <> float conv<float>(float v) { return tf32(v); }
-template <> __nv_bfloat16 conv<__nv_bfloat16>(float v) { return __float2bfloat16(v); }
 
 template <typename T, int NT>
 static void bench(const char* tag, const char* name, int n, int h, int w, std::vector<int> cs,
                   std::vector<std::vector<int>> layers, int members) {
-  const int h2 = h + 2, w2 = w + 2, plane = h2 * w2;
-  const long long margin = (long long)((w + 3 + 63) / 64) * 64;
-  const long long core = ((long long)n * plane + 63) / 64 * 64 + 64;
-  const long long rows = core + 2 * margin;
+  const FlatImages images(n, h, w);
+  const int h2 = images.h2, w2 = images.w2;
+  const long long margin = images.margin, rows = images.rows;
   srand(1);
-  auto rnd = [] { return (float)rand() / RAND_MAX * 2.f - 1.f; };
-  auto make = [&](int c) {
-    std::vector<T> hx((size_t)rows * c * members, conv<T>(0.f));
-    for (int mb = 0; mb < members; ++mb)
-      for (long long r = 0; r < rows; ++r) {
-        long long q = r - margin;
-        if (q < 0 || q >= (long long)n * plane) continue;
-        int y = (int)((q % plane) / w2), x = (int)(q % w2);
-        if (y < 1 || y > h || x < 1 || x > w) continue;
-        for (int k = 0; k < c; ++k) hx[(size_t)mb * rows * c + r * c + k] = conv<T>(rnd());
-      }
-    void* d;
-    CK(cudaMalloc(&d, hx.size() * sizeof(T)));
-    CK(cudaMemcpy(d, hx.data(), hx.size() * sizeof(T), cudaMemcpyHostToDevice));
-    return d;
-  };
+  auto make = [&](int c) { return images.random<T>(c, members); };
   std::vector<void*> arrays, grads;
   for (int c : cs) arrays.push_back(make(c));
   for (size_t l = 0; l < layers.size(); ++l) grads.push_back(make(NT));
@@ -115,20 +84,8 @@ static void bench(const char* tag, const char* name, int n, int h, int w, std::v
   std::string fn = std::string("/tmp/wgp_") + tag + "_" + name + ".bin";
   for (auto& ch : fn) if (ch == ' ') ch = '_';
   FILE* f = fopen(fn.c_str(), "wb"); fwrite(a.data(), 4, all, f); fclose(f);
-  auto timeit = [&] {
-    for (int i = 0; i < 5; ++i) run();
-    cudaEvent_t e0, e1;
-    CK(cudaEventCreate(&e0));
-    CK(cudaEventCreate(&e1));
-    const int reps = 100;
-    CK(cudaEventRecord(e0));
-    for (int i = 0; i < reps; ++i) run();
-    CK(cudaEventRecord(e1));
-    CK(cudaEventSynchronize(e1));
-    float ms;
-    CK(cudaEventElapsedTime(&ms, e0, e1));
-    return ms * 1000.f / reps;
-  };
+  auto timeit = [&] { return mean_launch_us(run, 100); };
+
   double macs = 0;
   for (auto& l : layers) for (int ai : l) macs += (double)n * h * w * 9 * cs[ai] * NT * members;
   const float t1 = timeit(), t2 = timeit();
