@@ -38,20 +38,20 @@ static void bench(const char* name, int n, int h, int w, std::vector<int> cs, in
   Params p{};
   std::vector<void*> bufs;
   p.n_inputs = (int)cs.size();
-  Params q{};
+  std::vector<const char*> kmajor;  // the warpgroup kernel's kernels: K-major copies (a transposed one's own)
   for (size_t i = 0; i < cs.size(); ++i) {
     p.x[i] = (const char*)image(cs[i]);
     std::vector<T> hw((size_t)9 * cs[i] * cout);
     for (auto& v : hw) v = conv<T>(uniform() * 0.1f);
     p.w[i] = (const char*)upload(hw);
     if (trans) {
-      q.w[i] = p.w[i];
+      kmajor.push_back(p.w[i]);
     } else {  // K-major copy (9, cout, c) of the HWIO kernel (9, c, cout)
       std::vector<T> hk(hw.size());
       for (int t = 0; t < 9; ++t) for (int k = 0; k < cs[i]; ++k) for (int o = 0; o < cout; ++o)
         hk[((size_t)t * cout + o) * cs[i] + k] = hw[((size_t)t * cs[i] + k) * cout + o];
-      q.w[i] = (const char*)upload(hk);
-      bufs.push_back((void*)q.w[i]);
+      kmajor.push_back((const char*)upload(hk));
+      bufs.push_back((void*)kmajor.back());
     }
     p.c[i] = cs[i];
     bufs.push_back((void*)p.x[i]);
@@ -82,7 +82,8 @@ static void bench(const char* name, int n, int h, int w, std::vector<int> cs, in
   p.tiles = (p.lines + kLines - 1) / kLines * p.col_tiles;
   p.zero_head = margin;
   p.zero_tail = margin + (long long)p.lines * w2;
-  { Params r = p; for (size_t i = 0; i < cs.size(); ++i) r.w[i] = q.w[i]; q = r; }
+  Params q = p;  // the warpgroup kernel's call: the same but for the kernels and the output
+  for (size_t i = 0; i < cs.size(); ++i) q.w[i] = kmajor[i];
   T* o2;
   CK(cudaMalloc(&o2, out_elems * sizeof(T)));
   CK(cudaMemset(o2, 0x7f, out_elems * sizeof(T)));
