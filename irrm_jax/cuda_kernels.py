@@ -161,9 +161,9 @@ def conv(
 ) -> jax.Array:
     """`dense_kernels.conv`, computed by the CUDA kernel (see there for the arguments), which reads the kernels and
     the bias from the pack's buffer at their offsets. float32 inputs and kernels must be TF32 values
-    (`tf32_operand`); the ``bias_leaky`` and ``leaky_grad`` epilogues store TF32 values. A convolution computed as
-    warpgroup products (dense_conv.cu decides: rows of up to 96 pixels, or 32-output tiles) reads each kernel's
-    K-major copy ``name.t`` (9, cout, c) from the pack (`dense_kernels.pack_weights` packs them for `CUDA`).
+    (`tf32_operand`); the ``bias_leaky`` and ``leaky_grad`` epilogues store TF32 values. A convolution reads each
+    kernel's K-major copy ``name.t`` (9, cout, c) from the pack (`dense_kernels.pack_weights` packs them for `CUDA`),
+    a transposed convolution the kernels themselves.
 
     Raises:
       ValueError: not on a GPU backend, or a dtype other than bfloat16 and float32.
@@ -173,7 +173,7 @@ def conv(
         return dense_kernels.conv(inputs, pack, kernels, layout, epilogue, extra, transpose)
     cout = pack.slot(kernels[0])[1][1 if transpose else 2]
     bias = epilogue in dense_kernels.BIAS_EPILOGUES
-    kmajor = kernels if transpose else [f"{k}.t" for k in kernels]
+    kmajor = kernels if transpose else [f"{k}.t" for k in kernels]  # (9, cout, c) either way
     call = jax.ffi.ffi_call(
         "irrm_dense_conv", jax.ShapeDtypeStruct((layout.rows, cout), inputs[0].dtype), vmap_method=VMAP_METHOD
     )
@@ -184,8 +184,7 @@ def conv(
         **_layout_attributes(layout),
         n_inputs=np.int64(len(inputs)),
         epilogue=np.int64(EPILOGUES[epilogue]),
-        kernel_offsets=np.array([pack.slot(k)[0] for k in kernels], np.int64),
-        kmajor_offsets=np.array([pack.slot(k)[0] for k in kmajor], np.int64),
+        kernel_offsets=np.array([pack.slot(k)[0] for k in kmajor], np.int64),
         bias_offset=np.int64(pack.slot(extra)[0] if bias else -1),
         transpose=bool(transpose),
     )

@@ -1,7 +1,8 @@
 // Helpers shared by the CUDA kernels of the DenseBlock (dense_conv.cu, dense_weight_grad.cu): asynchronous copies
 // into shared memory, ldmatrix, the tensor cores' mma.sync and Hopper's warpgroup products (wgmma) for bfloat16 and
-// TF32, element conversions.
+// TF32, copies by the tensor memory accelerator, element conversions.
 #pragma once
+#include <cuda.h>
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 #include <cstdint>
@@ -23,12 +24,6 @@ __device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool v
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4]) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-               : "r"(addr));
-}
 
 // Byte offset of 16-byte segment `seg` of row `row` in shared memory of RB-byte rows (RB = 32 or 64), swizzled for
 // ldmatrix: a row's segments are permuted by its place within 128 bytes of rows, so that the eight rows an ldmatrix
@@ -85,12 +80,24 @@ __device__ __forceinline__ uint64_t wgmma_descriptor_32b(uint32_t smem_addr) {
   "+f"(x[0][0]), "+f"(x[0][1]), "+f"(x[0][2]), "+f"(x[0][3]), "+f"(x[1][0]), "+f"(x[1][1]), "+f"(x[1][2]),         \
       "+f"(x[1][3]), "+f"(x[2][0]), "+f"(x[2][1]), "+f"(x[2][2]), "+f"(x[2][3]), "+f"(x[3][0]), "+f"(x[3][1]),     \
       "+f"(x[3][2]), "+f"(x[3][3])
+#define IRRM_ACC24(x)                                                                                              \
+  IRRM_ACC16(x), "+f"(x[4][0]), "+f"(x[4][1]), "+f"(x[4][2]), "+f"(x[4][3]), "+f"(x[5][0]), "+f"(x[5][1]),         \
+      "+f"(x[5][2]), "+f"(x[5][3])
 #define IRRM_ACC8(x) \
   "+f"(x[0][0]), "+f"(x[0][1]), "+f"(x[0][2]), "+f"(x[0][3]), "+f"(x[1][0]), "+f"(x[1][1]), "+f"(x[1][2]), "+f"(x[1][3])
 
 // acc[j][q] += A (64 rows x one K step) B (one K step x 8 NJ columns), both K-major in shared memory.
 template <typename T, int NJ>
 __device__ __forceinline__ void wgmma(float (&acc)[NJ][4], uint64_t a, uint64_t b);
+template <>
+__device__ __forceinline__ void wgmma<__nv_bfloat16, 6>(float (&acc)[6][4], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n48k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23}, %24, %25, p, 1, 1, 0, 0;\n}\n"
+      : IRRM_ACC24(acc)
+      : "l"(a), "l"(b), "r"(1));
+}
 template <>
 __device__ __forceinline__ void wgmma<__nv_bfloat16, 4>(float (&acc)[4][4], uint64_t a, uint64_t b) {
   asm volatile(
@@ -106,6 +113,15 @@ __device__ __forceinline__ void wgmma<__nv_bfloat16, 2>(float (&acc)[2][4], uint
       "{\n.reg .pred p;\nsetp.ne.b32 p, %10, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n16k16.f32.bf16.bf16 {%0,%1,%2,%3,%4,%5,%6,%7}, %8, %9, p, 1, 1, 0, 0;\n}\n"
       : IRRM_ACC8(acc)
+      : "l"(a), "l"(b), "r"(1));
+}
+template <>
+__device__ __forceinline__ void wgmma<float, 6>(float (&acc)[6][4], uint64_t a, uint64_t b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %26, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n48k8.f32.tf32.tf32 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,"
+      "%16,%17,%18,%19,%20,%21,%22,%23}, %24, %25, p, 1, 1;\n}\n"
+      : IRRM_ACC24(acc)
       : "l"(a), "l"(b), "r"(1));
 }
 template <>
@@ -125,8 +141,33 @@ __device__ __forceinline__ void wgmma<float, 2>(float (&acc)[2][4], uint64_t a, 
       : IRRM_ACC8(acc)
       : "l"(a), "l"(b), "r"(1));
 }
+#undef IRRM_ACC24
 #undef IRRM_ACC16
 #undef IRRM_ACC8
+
+// The tensor memory accelerator (TMA, sm_90): one thread issues a box copy of a tensor (described by a CUtensorMap,
+// cuTensorMapEncodeTiled) into shared memory, and an mbarrier counts the bytes in: `mbarrier_expect_bytes` arms it
+// for one phase, `mbarrier_wait` waits for that phase (its parity) to complete.
+__device__ __forceinline__ void mbarrier_init(uint32_t bar) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar) : "memory");
+}
+__device__ __forceinline__ void mbarrier_expect_bytes(uint32_t bar, int bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void mbarrier_wait(uint32_t bar, int parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nwait:\nmbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n@!done bra wait;\n}\n" ::"r"(bar),
+      "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, int c3,
+                                            uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(c3), "r"(bar)
+      : "memory");
+}
 
 // float32 operands reach the tensor cores as TF32 by truncation (the low 13 bits ignored), so they must already be
 // TF32 values: rounded to nearest by the caller (`cuda_kernels.tf32_operand`) or by the epilogue that wrote them
@@ -160,11 +201,6 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t (&r)[4
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                : "r"(addr));
-}
-
-// One 32-bit word from shared memory (a TF32 operand).
-__device__ __forceinline__ void lds32(uint32_t addr, uint32_t& a) {
-  asm volatile("ld.shared.b32 %0, [%1];\n" : "=r"(a) : "r"(addr));
 }
 
 // Two adjacent 32-bit words from shared memory (two TF32 operands).

@@ -353,7 +353,7 @@ class Ops(NamedTuple):
     or the CUDA ones of `irrm_jax.cuda_kernels` (same arguments and results); ``operand`` prepares the block's input,
     kernels and output gradient for them, once a block (the CUDA kernels take float32 operands as TF32 values);
     ``channels(c, dtype)`` is the channel count they compute c channels with; ``kmajor_copies`` whether the
-    forward convolutions may read the kernels as K-major copies (9, cout, c) packed beside them (`pack_weights`).
+    forward convolutions read the kernels as K-major copies (9, cout, c) packed beside them (`pack_weights`).
     Pallas reads each kernel from a copy of its part of the pack; CUDA reads the pack."""
 
     conv: Callable
