@@ -7,8 +7,9 @@
 //
 // One kernel, Hopper's warpgroup products (wgmma, sm_90a) with both operands in shared memory: a block stages 32 bytes
 // of channels of one input at a time (a stage), for the pixels its outputs read and the nine taps' weights, and
-// takes all nine taps' products from there; each input element is read from L2 about 1.2 times, against 9 times in
-// the Pallas kernel, whose tap loads bound it (benchmarks/NOTES.md). Rows of up to 96 pixels (the training crops)
+// takes all nine taps' products from there; each input element is read from L2 1.2 (wide rows: 14 x 66 pixels for
+// 12 x 64 outputs) to 1.5 times (flat ranges) an output tile, against 9 times in the Pallas kernel, whose tap loads
+// bound it (benchmarks/NOTES.md). Rows of up to 96 pixels (the training crops)
 // take flat ranges of consecutive rows, wider rows line tiles whose inputs arrive by the tensor memory accelerator.
 // float32 operands must be TF32 values (dense_cuda.cuh); the epilogues that write feature maps or their gradients
 // round their float32 outputs to TF32 (only these kernels read them).
