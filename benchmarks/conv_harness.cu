@@ -107,12 +107,7 @@ static void bench(const char* tag, const char* name, int n, int h, int w, std::v
   p.lines = n * images.h2;
   p.zero_head = images.margin;
   p.zero_tail = images.margin + (long long)p.lines * images.w2;
-  const int nt = cout % 32 == 0 ? 32 : cout % 48 == 0 ? 48 : 16;  // as DenseConvImpl picks
-  auto run = [&] {
-    CK((nt == 32   ? launch_direction<T, 32>(p, epi, trans, 0)
-        : nt == 48 ? launch_direction<T, 48>(p, epi, trans, 0)
-                   : launch_direction<T, 16>(p, epi, trans, 0)));
-  };
+  auto run = [&] { CK(launch_conv<T>(p, epi, trans, 0)); };
   run();
   Params r = p;
   r.out = (char*)o_ref;

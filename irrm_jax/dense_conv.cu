@@ -368,6 +368,14 @@ cudaError_t launch_direction(const Params& p, int epilogue, bool transpose, cuda
                    : launch_epilogue<T, NT, false, false>(p, epilogue, stream);
 }
 
+// One product's N: 32 or 48 outputs where they divide cout (fewer tiles, each staging the inputs once), else 16.
+template <typename T>
+cudaError_t launch_conv(const Params& p, int epilogue, bool transpose, cudaStream_t stream) {
+  if (p.cout % 32 == 0) return launch_direction<T, 32>(p, epilogue, transpose, stream);
+  if (p.cout % 48 == 0) return launch_direction<T, 48>(p, epilogue, transpose, stream);
+  return launch_direction<T, 16>(p, epilogue, transpose, stream);
+}
+
 ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Result<ffi::AnyBuffer> out, int64_t n,
                          int64_t h, int64_t w, int64_t margin, int64_t n_inputs, int64_t epilogue,
                          ffi::Span<const int64_t> kernel_offsets, int64_t bias_offset, bool transpose) {
@@ -435,17 +443,9 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
   p.lines = (int)n * p.h2;
   p.zero_head = p.margin;
   p.zero_tail = p.margin + (long long)p.lines * p.w2;
-  // One product's N: 32 or 48 outputs where they divide cout (fewer tiles, each staging the inputs once), else 16.
-  const int nt = p.cout % 32 == 0 ? 32 : p.cout % 48 == 0 ? 48 : 16;
-  cudaError_t err;
-  if (dtype == ffi::DataType::BF16)
-    err = nt == 32   ? launch_direction<__nv_bfloat16, 32>(p, (int)epilogue, transpose, stream)
-          : nt == 48 ? launch_direction<__nv_bfloat16, 48>(p, (int)epilogue, transpose, stream)
-                     : launch_direction<__nv_bfloat16, 16>(p, (int)epilogue, transpose, stream);
-  else
-    err = nt == 32   ? launch_direction<float, 32>(p, (int)epilogue, transpose, stream)
-          : nt == 48 ? launch_direction<float, 48>(p, (int)epilogue, transpose, stream)
-                     : launch_direction<float, 16>(p, (int)epilogue, transpose, stream);
+  const cudaError_t err = dtype == ffi::DataType::BF16
+                              ? launch_conv<__nv_bfloat16>(p, (int)epilogue, transpose, stream)
+                              : launch_conv<float>(p, (int)epilogue, transpose, stream);
   if (err != cudaSuccess) return ffi::Error::Internal(cudaGetErrorString(err));
   return ffi::Error::Success();
 }
