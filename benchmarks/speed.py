@@ -20,7 +20,8 @@ sub-networks), pad8 (sub-network channels padded to multiples of 8), fuse (G and
 outward (each new DenseBlock feature map convolved once into all later convs), pallas (the sub-networks, DenseBlocks
 or Enhanced Blocks, as Pallas GPU kernels, `irrm_jax.dense_kernels`), cuda (pallas with the kernels in CUDA,
 `irrm_jax.cuda_kernels`).
-'plain' is the project's first version; every option is off in it. Prints a Markdown table and writes JSON.
+'plain' is the project's first version; every option is off in it. Prints a Markdown table and writes JSON;
+each phase (compiling, timing) is shown on stderr as it starts, with the seconds since the start.
 Timings: median over `--repeats` runs of `--steps` calls each, after a warm-up. Training step: compile time is
 tracing, lowering and compiling (ahead of time); step memory is the compiled step's peak device memory per device
 (XLA's buffer assignment, so each row is its own configuration's). Round trip: compile time is the first call.
@@ -29,6 +30,7 @@ tracing, lowering and compiling (ahead of time); step memory is the compiled ste
 import argparse
 import json
 import statistics
+import sys
 import time
 
 import jax
@@ -56,6 +58,12 @@ VARIANT_OPTIONS = {
 
 
 PROFILED_CALLS = 3  # calls traced by --profile, after the timing
+START = time.perf_counter()
+
+
+def progress(message: str) -> None:
+    """One line on stderr, with the seconds since the script started (a configuration can take minutes)."""
+    print(f"[{time.perf_counter() - START:7.1f} s] {message}", file=sys.stderr, flush=True)
 
 
 def model_for(spec: str, variant: str):
@@ -120,9 +128,12 @@ def bench_train(
         hr = jax.device_put(np.stack([hr] * steps_per_call), stacked_batches_sharded(mesh))
     else:
         hr = jax.device_put(hr, batch_sharded(mesh))
+    name = f"{spec} {variant} step, batch {batch} x {devices} device(s)"
+    progress(f"{name}: compiling")
     start = time.perf_counter()
     compiled = step.lower(state, hr).compile()
     compile_s = time.perf_counter() - start
+    progress(f"{name}: compiled in {compile_s:.1f} s; timing {repeats} x {steps} calls")
     holder = [state]
 
     def one():
@@ -171,9 +182,12 @@ def bench_roundtrip(
     def roundtrip():
         return upscale(variables, downscale(variables, x), key)
 
+    name = f"{spec} {variant} round trip, {height}x{width}"
+    progress(f"{name}: first call (compiles)")
     start = time.perf_counter()
     jax.block_until_ready(roundtrip())
     compile_s = time.perf_counter() - start
+    progress(f"{name}: first call took {compile_s:.1f} s; timing {repeats} x {steps} calls")
     seconds = timed(roundtrip, repeats, steps)
     if profile_dir:
         trace_calls(roundtrip, profile_dir)
