@@ -22,7 +22,6 @@
 #include "harness.cuh"
 
 #include <cmath>
-#include <string>
 #include <vector>
 
 // The same function as the kernel, one thread an output: zero outside the image pixels, else the epilogue of the
@@ -58,12 +57,6 @@ static void bench(const char* tag, const char* name, int n, int h, int w, std::v
   if (getenv("CASE") && !strstr(name, getenv("CASE"))) return;
   const FlatImages images(n, h, w);
   srand(1);
-  auto upload = [](const std::vector<T>& v) {
-    void* d;
-    CK(cudaMalloc(&d, v.size() * sizeof(T)));
-    CK(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
-    return d;
-  };
   Params p{};
   std::vector<void*> bufs;
   p.n_inputs = (int)cs.size();
@@ -125,11 +118,7 @@ static void bench(const char* tag, const char* name, int n, int h, int w, std::v
   }
   // about one step of the output's precision at its largest values: bfloat16 8 bits, TF32-rounded float32 11
   const bool ok = max_diff <= max_out * (sizeof(T) == 2 ? 0x1p-7 : 0x1p-10);
-  std::string file = std::string("/tmp/conv_") + tag + "_" + name + ".bin";
-  for (char& ch : file) ch = ch == ' ' ? '_' : ch;
-  FILE* f = fopen(file.c_str(), "wb");
-  fwrite(a.data(), sizeof(T), out_elems, f);
-  fclose(f);
+  write_outputs("conv", tag, name, a.data(), out_elems * sizeof(T));
 
   double macs = 0;
   for (int c : cs) macs += (double)n * h * w * 9 * c * cout;

@@ -8,6 +8,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #define CK(x)                                                            \
@@ -43,6 +44,25 @@ float mean_launch_us(F run, int reps) {
   return ms * 1000.f / reps;
 }
 
+// A host array copied into a new device allocation.
+template <typename T>
+void* upload(const std::vector<T>& v) {
+  void* d;
+  CK(cudaMalloc(&d, v.size() * sizeof(T)));
+  CK(cudaMemcpy(d, v.data(), v.size() * sizeof(T), cudaMemcpyHostToDevice));
+  return d;
+}
+
+// A case's outputs written to /tmp/<prefix>_<tag>_<case>.bin (spaces in the case's name as _), so that two builds'
+// outputs can be compared byte for byte.
+static void write_outputs(const char* prefix, const char* tag, const char* name, const void* data, size_t bytes) {
+  std::string file = std::string("/tmp/") + prefix + "_" + tag + "_" + name + ".bin";
+  for (char& ch : file) ch = ch == ' ' ? '_' : ch;
+  FILE* f = fopen(file.c_str(), "wb");
+  fwrite(data, 1, bytes, f);
+  fclose(f);
+}
+
 // A uniform random value in [-1, 1] (rand(): seeded with srand by the caller, so that runs repeat).
 static float uniform() { return (float)rand() / RAND_MAX * 2.f - 1.f; }
 
@@ -69,9 +89,6 @@ struct FlatImages {
         if (y < 1 || y > h2 - 2 || x < 1 || x > w2 - 2) continue;
         for (int k = 0; k < c; ++k) hx[(size_t)mb * rows * c + r * c + k] = conv<T>(uniform());
       }
-    void* d;
-    CK(cudaMalloc(&d, hx.size() * sizeof(T)));
-    CK(cudaMemcpy(d, hx.data(), hx.size() * sizeof(T), cudaMemcpyHostToDevice));
-    return d;
+    return upload(hx);
   }
 };

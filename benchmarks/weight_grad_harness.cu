@@ -18,7 +18,6 @@
 #include "harness.cuh"
 
 #include <cmath>
-#include <string>
 #include <vector>
 
 template <typename T, int NT>
@@ -81,9 +80,7 @@ static void bench(const char* tag, const char* name, int n, int h, int w, std::v
   CK(cudaDeviceSynchronize());
   std::vector<float> a(all);
   CK(cudaMemcpy(a.data(), o, all * 4, cudaMemcpyDeviceToHost));
-  std::string fn = std::string("/tmp/wgp_") + tag + "_" + name + ".bin";
-  for (auto& ch : fn) if (ch == ' ') ch = '_';
-  FILE* f = fopen(fn.c_str(), "wb"); fwrite(a.data(), 4, all, f); fclose(f);
+  write_outputs("wgp", tag, name, a.data(), all * 4);
   auto timeit = [&] { return mean_launch_us(run, 100); };
 
   double macs = 0;
