@@ -36,8 +36,9 @@ struct Params {
   long long rows, margin;
   int lines, h2, w2, cout;  // lines = n * (h + 2); h2 = h + 2; w2 = w + 2
   int col_tiles;                   // wide rows: 64-pixel tiles a line
-  int tiles;                       // blocks computing outputs; kZeroBlocks more zero the margins
-  int members;                     // blockIdx.z
+  int tiles;                       // output tiles a member (each of all cout / NT output groups)
+  int members;                     // convolutions in a call (a vmapped batch)
+  int blocks;  // blocks computing items along x (flat ranges: the tiles); kZeroBlocks more after them zero the margins
   long long zero_head, zero_tail;  // the rows outside the image lines: [0, zero_head) and [zero_tail, rows)
 };
 
@@ -93,18 +94,20 @@ __device__ __forceinline__ void zero_accumulators(float (&acc)[M][J][4]) {
       for (int q = 0; q < 4; ++q) acc[m][j][q] = 0.f;
 }
 
-// A margin block's work (blocks p.tiles to p.tiles + kZeroBlocks - 1 of a call): zero its share of the rows outside
+// A margin block's work (blocks p.blocks to p.blocks + kZeroBlocks - 1 of a call): zero its share of the rows outside
 // the image lines, [0, zero_head) and [zero_tail, rows).
 template <typename T>
 __device__ __forceinline__ void zero_margins(const Params& p) {
   const long long row_bytes = (long long)p.cout * sizeof(T);
   const long long head = p.zero_head * row_bytes / 16, tail = (p.rows - p.zero_tail) * row_bytes / 16;
-  char* member_out = p.out + blockIdx.z * p.out_step;
-  int4* out = reinterpret_cast<int4*>(member_out);
-  int4* out_tail = reinterpret_cast<int4*>(member_out + p.zero_tail * row_bytes);
-  for (long long i = (blockIdx.x - p.tiles) * blockDim.x + threadIdx.x; i < head + tail;
-       i += (long long)kZeroBlocks * blockDim.x)
-    (i < head ? out[i] : out_tail[i - head]) = make_int4(0, 0, 0, 0);
+  for (int member = 0; member < p.members; ++member) {
+    char* member_out = p.out + member * p.out_step;
+    int4* out = reinterpret_cast<int4*>(member_out);
+    int4* out_tail = reinterpret_cast<int4*>(member_out + p.zero_tail * row_bytes);
+    for (long long i = (blockIdx.x - p.blocks) * blockDim.x + threadIdx.x; i < head + tail;
+         i += (long long)kZeroBlocks * blockDim.x)
+      (i < head ? out[i] : out_tail[i - head]) = make_int4(0, 0, 0, 0);
+  }
 }
 
 // The kernel. A block of kWarpgroups warpgroups computes NT outputs (16, 32 or 48: one product's N) of a tile:
@@ -119,6 +122,9 @@ __device__ __forceinline__ void zero_margins(const Params& p) {
 // The nine taps' K-major weights (9 x NT rows of 32 bytes) follow it. So the products read both operands from shared
 // memory and a stage's 9 x tiles products a warpgroup are issued back to back. Stages are loaded kAhead ahead into
 // kBuffers buffers; a buffer is loaded again once its products are waited for.
+// A block computes one item (flat ranges), or (line tiles) is one of as many blocks as the GPU holds at once and
+// computes items in turn: its stages follow on from one item to the next, so the next item's first stages load while
+// this one's outputs are stored.
 constexpr int kWarpgroups = 3;
 constexpr int kBuffers = 4;
 constexpr int kAhead = 2;
@@ -149,6 +155,30 @@ __host__ __device__ constexpr int stage_bytes_for(int w2) {
   return stage_input_bytes<WIDE>(w2) + (9 * NT * kRowBytes + 1023) / 1024 * 1024;
 }
 
+// A block's work item: one output tile's NT outputs from n0 of one member. Flat ranges: the block's, its grid
+// position (tile, output group, member); wide: items numbered tile first, then the output group, then the member.
+// The tile's stage row 0 is flat row r0 - w2 - 1 (flat ranges), or the pixel left of (line0 - 1, col0) (wide).
+struct Item {
+  int line0, col0, n0, member;
+  long long r0;
+};
+template <int NT, bool WIDE>
+__device__ __forceinline__ Item place_item(const Params& p, int item) {
+  Item at{};
+  if constexpr (WIDE) {
+    const int tile = item % p.tiles, rest = item / p.tiles, groups = p.cout / NT;
+    at.member = rest / groups;
+    at.n0 = (rest - at.member * groups) * NT;
+    at.line0 = tile / p.col_tiles * kWideLines;
+    at.col0 = (tile - tile / p.col_tiles * p.col_tiles) * 64;
+  } else {
+    at.member = blockIdx.z;
+    at.n0 = blockIdx.y * NT;
+    at.r0 = p.zero_head + (long long)blockIdx.x * kRangeRows;
+  }
+  return at;
+}
+
 template <typename T, int NT, int EPI, bool TRANS, bool WIDE>
 __global__ void __launch_bounds__(128 * kWarpgroups, 1)
     dense_conv_kernel(const __grid_constant__ Params p, const __grid_constant__ InputMaps maps) {
@@ -156,21 +186,21 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
   __shared__ __align__(8) uint64_t filled[kBuffers];  // wide: a buffer's input tile has arrived
   const uint32_t smem = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;  // 1 KB aligned
   constexpr int kc = 32 / sizeof(T), kThreads = 128 * kWarpgroups, kTiles = WIDE ? kWideTiles : kRangeTiles;
-  if ((int)blockIdx.x >= p.tiles) {  // a margin block
-    if (blockIdx.y == 0) zero_margins<T>(p);
+  if ((int)blockIdx.x >= p.blocks) {  // a margin block
+    if (blockIdx.y == 0 && blockIdx.z == 0) zero_margins<T>(p);
     return;
   }
   const int rows = stage_rows<WIDE>(p.w2), width = WIDE ? kWideCols : p.w2;  // the stage's rows and W
   const int input_bytes = stage_input_bytes<WIDE>(p.w2), stage_bytes = stage_bytes_for<NT, WIDE>(p.w2);
-  // the stage's row 0: flat row r0 - w2 - 1 (flat ranges), or the pixel left of (line0 - 1, col0) (wide)
-  const int line0 = WIDE ? blockIdx.x / p.col_tiles * kWideLines : 0, col0 = WIDE ? blockIdx.x % p.col_tiles * 64 : 0;
-  const long long r0 = p.zero_head + (long long)blockIdx.x * kRangeRows;
-  const int n0 = blockIdx.y * NT;
+  // this block's items: blockIdx.x, + step, ... before end (flat ranges: blockIdx.x alone, known at compile time)
+  const int end = WIDE ? p.tiles * (p.cout / NT) * p.members : blockIdx.x + 1, step = WIDE ? p.blocks : 1;
   int total = 0;
   for (int i = 0; i < p.n_inputs; ++i) total += p.c[i] / kc;
 
-  // stage order: input 0's chunks, then input 1's, ...
-  int load_input = 0, load_chunk = 0;
+  // stage order: input 0's chunks, then input 1's, ..., then the block's next item's; loaded across items, so the
+  // next item's first stages arrive while this one's epilogue stores
+  int load_item = blockIdx.x, load_input = 0, load_chunk = 0;
+  Item load_at = place_item<NT, WIDE>(p, load_item);
   const uint32_t filled0 = static_cast<uint32_t>(__cvta_generic_to_shared(filled));
   if (WIDE && threadIdx.x == 0) {
     for (int b = 0; b < kBuffers; ++b) mbarrier_init(filled0 + 8 * b);
@@ -178,123 +208,137 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
   }
   if (WIDE) __syncthreads();
   auto load_stage = [&](int buffer) {
+    const int line0 = load_at.line0, col0 = load_at.col0, n0 = load_at.n0, member = load_at.member;
+    const long long r0 = load_at.r0;
     const uint32_t stage = smem + buffer * stage_bytes;
     const int row_bytes = p.c[load_input] * (int)sizeof(T);
     if constexpr (WIDE) {
       if (threadIdx.x == 0) {
         mbarrier_expect_bytes(filled0 + 8 * buffer, rows * kRowBytes);
         tma_load_4d(stage, &maps.x[load_input], load_chunk * kc, col0 - 1, line0 - 1,
-                    p.x_step[load_input] ? blockIdx.z : 0, filled0 + 8 * buffer);
+                    p.x_step[load_input] ? member : 0, filled0 + 8 * buffer);
       }
     } else {
-      const char* x = p.x[load_input] + blockIdx.z * p.x_step[load_input] + (size_t)load_chunk * 32;
+      const char* x = p.x[load_input] + member * p.x_step[load_input] + (size_t)load_chunk * 32;
       copy_range<kThreads>(stage, x, row_bytes, r0 - p.w2 - 1, rows, p.rows);
     }
     // weights (9, cout, c): a transposed convolution's tap t is the kernel's 8 - t
-    const char* w = p.w[load_input] + blockIdx.z * p.w_step[load_input] + (size_t)load_chunk * 32;
+    const char* w = p.w[load_input] + member * p.w_step[load_input] + (size_t)load_chunk * 32;
     copy_kmajor_weights<NT, kThreads, TRANS>(stage + input_bytes, w, p.cout, row_bytes, n0);
     if (++load_chunk == p.c[load_input] / kc) {
       load_chunk = 0;
-      ++load_input;
+      if (++load_input == p.n_inputs) {
+        load_input = 0;
+        load_item += step;
+        if (WIDE && load_item < end) load_at = place_item<NT, WIDE>(p, load_item);
+      }
     }
   };
   for (int s = 0; s < kAhead; ++s) {
-    if (s < total) load_stage(s);
+    if (load_item < end) load_stage(s);
     cp_async_commit();
   }
 
   const int group = threadIdx.x >> 7;  // warpgroup
-  float acc[kTiles][NT / 8][4];
-  zero_accumulators(acc);
-
-  for (int s = 0; s < total; ++s) {
-    cp_async_wait<kAhead - 1>();
-    fence_proxy_async();
-    if (WIDE) mbarrier_wait(filled0 + 8 * (s % kBuffers), (s / kBuffers) & 1);
-    __syncthreads();  // stage s is in; stage s - 2's products are done (each warpgroup waited for them below)
-    if (s + kAhead < total) load_stage((s + kAhead) % kBuffers);
-    cp_async_commit();
-    const uint32_t stage = smem + (s % kBuffers) * stage_bytes;
-    constexpr int kTileStep = WIDE ? kWideCols : 64;  // stage rows from one m64 tile to the next
-    const uint32_t tile0 = stage + (width + 1 + group * kTiles * kTileStep) * kRowBytes;
-    wgmma_fence();
-#pragma unroll
-    for (int tap = 0; tap < 9; ++tap) {
-      const int offset = (tap / 3 - 1) * width + (tap % 3 - 1);
-      const uint64_t b = wgmma_descriptor_32b(stage + input_bytes + tap * NT * kRowBytes);
-#pragma unroll
-      for (int m = 0; m < kTiles; ++m)
-        wgmma<T, NT / 8>(acc[m], wgmma_descriptor_32b(tile0 + (m * kTileStep + offset) * kRowBytes), b);
-    }
-    wgmma_commit();
-    wgmma_wait<1>();
-  }
-  wgmma_wait<0>();
-
-  // Epilogue: accumulator element q of (m, j) is row 16 * warp + lane / 4 + 8 * (q / 2) of the warpgroup's m64 tile m,
-  // channel j * 8 + 2 * (lane % 4) + q % 2. The epilogue's operands are loaded before the stores (a store may alias
-  // them as far as the compiler knows, and a load after it would wait for it): all at once, or (kLeakyGrad's
-  // activations beside 4 x 48 sums, more than the registers hold) half the tiles at a time.
   const int warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
-  // the flat row of the elements (m, half) of this lane, whether it is inside the image, and whether it is written
-  // (within the image lines; wide: also within the row)
-  auto place = [&](int m, int half, long long& row, bool& inside) {
-    const int dr = 16 * warp + (lane >> 2) + 8 * half;
-    if constexpr (WIDE) {
-      const int line = line0 + group * kTiles + m, col = col0 + dr, y = line % p.h2;
-      row = p.margin + (long long)line * p.w2 + col;
-      inside = col >= 1 && col <= p.w2 - 2 && y >= 1 && y <= p.h2 - 2;
-      return line < p.lines && col < p.w2;
-    } else {
-      row = r0 + (group * kRangeTiles + m) * 64 + dr;
-      const long long q = row - p.zero_head;
-      const int x = (int)(q % p.w2), y = (int)(q / p.w2 % p.h2);
-      inside = x >= 1 && x <= p.w2 - 2 && y >= 1 && y <= p.h2 - 2;
-      return row < p.zero_tail;
+  int sg = 0;  // stages consumed (all items): stage sg is in buffer sg % kBuffers, its (sg / kBuffers)-th load there
+#pragma unroll 1
+  for (int item = blockIdx.x; item < end; item += step) {
+    const Item at = place_item<NT, WIDE>(p, item);
+    const int line0 = at.line0, col0 = at.col0, n0 = at.n0, member = at.member;
+    const long long r0 = at.r0;
+    T* out = reinterpret_cast<T*>(p.out + member * p.out_step);
+    const T* extra = reinterpret_cast<const T*>(p.extra + member * p.extra_step);
+    float acc[kTiles][NT / 8][4];
+    zero_accumulators(acc);
+
+    for (int s = 0; s < total; ++s, ++sg) {
+      cp_async_wait<kAhead - 1>();
+      fence_proxy_async();
+      if (WIDE) mbarrier_wait(filled0 + 8 * (sg % kBuffers), (sg / kBuffers) & 1);
+      __syncthreads();  // stage sg is in; stage sg - 2's products are done (each warpgroup waited for them below)
+      if (load_item < end) load_stage((sg + kAhead) % kBuffers);
+      cp_async_commit();
+      const uint32_t stage = smem + (sg % kBuffers) * stage_bytes;
+      constexpr int kTileStep = WIDE ? kWideCols : 64;  // stage rows from one m64 tile to the next
+      const uint32_t tile0 = stage + (width + 1 + group * kTiles * kTileStep) * kRowBytes;
+      wgmma_fence();
+#pragma unroll
+      for (int tap = 0; tap < 9; ++tap) {
+        const int offset = (tap / 3 - 1) * width + (tap % 3 - 1);
+        const uint64_t b = wgmma_descriptor_32b(stage + input_bytes + tap * NT * kRowBytes);
+#pragma unroll
+        for (int m = 0; m < kTiles; ++m)
+          wgmma<T, NT / 8>(acc[m], wgmma_descriptor_32b(tile0 + (m * kTileStep + offset) * kRowBytes), b);
+      }
+      wgmma_commit();
+      wgmma_wait<1>();
     }
-  };
-  T* out = reinterpret_cast<T*>(p.out + blockIdx.z * p.out_step);
-  const T* extra = reinterpret_cast<const T*>(p.extra + blockIdx.z * p.extra_step);
-  constexpr int kGroup = EPI == kLeakyGrad && kTiles * NT > 128 ? kTiles / 2 : kTiles;
-#pragma unroll
-  for (int m0 = 0; m0 < kTiles; m0 += kGroup) {
-    float operand[kGroup][2][NT / 8][2];  // the bias, or kLeakyGrad's activations, at each accumulator element
-#pragma unroll
-    for (int g = 0; g < kGroup; ++g)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        long long row;
-        bool inside;
-        if (!place(m0 + g, half, row, inside)) row = p.zero_tail - 1;
-#pragma unroll
-        for (int j = 0; j < NT / 8; ++j) {
-          const int n = n0 + j * 8 + 2 * (lane & 3);
-          if (EPI == kBias || EPI == kBiasLeaky) load_pair(extra + n, operand[g][half][j][0], operand[g][half][j][1]);
-          if (EPI == kLeakyGrad) load_pair(extra + row * p.cout + n, operand[g][half][j][0], operand[g][half][j][1]);
-        }
+    wgmma_wait<0>();
+
+    // Epilogue: accumulator element q of (m, j) is row 16 * warp + lane / 4 + 8 * (q / 2) of the warpgroup's m64 tile
+    // m, channel j * 8 + 2 * (lane % 4) + q % 2. The epilogue's operands are loaded before the stores (a store may
+    // alias them as far as the compiler knows, and a load after it would wait for it): all at once, or (kLeakyGrad's
+    // activations beside 4 x 48 sums, more than the registers hold) half the tiles at a time.
+    // the flat row of the elements (m, half) of this lane, whether it is inside the image, and whether it is written
+    // (within the image lines; wide: also within the row)
+    auto place = [&](int m, int half, long long& row, bool& inside) {
+      const int dr = 16 * warp + (lane >> 2) + 8 * half;
+      if constexpr (WIDE) {
+        const int line = line0 + group * kTiles + m, col = col0 + dr, y = line % p.h2;
+        row = p.margin + (long long)line * p.w2 + col;
+        inside = col >= 1 && col <= p.w2 - 2 && y >= 1 && y <= p.h2 - 2;
+        return line < p.lines && col < p.w2;
+      } else {
+        row = r0 + (group * kRangeTiles + m) * 64 + dr;
+        const long long q = row - p.zero_head;
+        const int x = (int)(q % p.w2), y = (int)(q / p.w2 % p.h2);
+        inside = x >= 1 && x <= p.w2 - 2 && y >= 1 && y <= p.h2 - 2;
+        return row < p.zero_tail;
       }
+    };
+    constexpr int kGroup = EPI == kLeakyGrad && kTiles * NT > 128 ? kTiles / 2 : kTiles;
 #pragma unroll
-    for (int g = 0; g < kGroup; ++g)
+    for (int m0 = 0; m0 < kTiles; m0 += kGroup) {
+      float operand[kGroup][2][NT / 8][2];  // the bias, or kLeakyGrad's activations, at each accumulator element
 #pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        long long row;
-        bool inside;
-        if (!place(m0 + g, half, row, inside)) continue;
+      for (int g = 0; g < kGroup; ++g)
 #pragma unroll
-        for (int j = 0; j < NT / 8; ++j) {
-          float v[2] = {acc[m0 + g][j][2 * half], acc[m0 + g][j][2 * half + 1]};
+        for (int half = 0; half < 2; ++half) {
+          long long row;
+          bool inside;
+          if (!place(m0 + g, half, row, inside)) row = p.zero_tail - 1;
 #pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            const float o = operand[g][half][j][e];
-            if (EPI == kBias || EPI == kBiasLeaky) v[e] += o;
-            if (EPI == kBiasLeaky) v[e] = v[e] >= 0.f ? v[e] : kSlope * v[e];
-            if (EPI == kLeakyGrad) v[e] = o >= 0.f ? v[e] : kSlope * v[e];
-            if (sizeof(T) == 4 && (EPI == kBiasLeaky || EPI == kLeakyGrad)) v[e] = to_tf32(v[e]);  // read by kernels
-            if (!inside) v[e] = 0.f;
+          for (int j = 0; j < NT / 8; ++j) {
+            const int n = n0 + j * 8 + 2 * (lane & 3);
+            float(&pair)[2] = operand[g][half][j];
+            if (EPI == kBias || EPI == kBiasLeaky) load_pair(extra + n, pair[0], pair[1]);
+            if (EPI == kLeakyGrad) load_pair(extra + row * p.cout + n, pair[0], pair[1]);
           }
-          store_pair(out + row * p.cout + n0 + j * 8 + 2 * (lane & 3), v[0], v[1]);
         }
-      }
+#pragma unroll
+      for (int g = 0; g < kGroup; ++g)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          long long row;
+          bool inside;
+          if (!place(m0 + g, half, row, inside)) continue;
+#pragma unroll
+          for (int j = 0; j < NT / 8; ++j) {
+            float v[2] = {acc[m0 + g][j][2 * half], acc[m0 + g][j][2 * half + 1]};
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float o = operand[g][half][j][e];
+              if (EPI == kBias || EPI == kBiasLeaky) v[e] += o;
+              if (EPI == kBiasLeaky) v[e] = v[e] >= 0.f ? v[e] : kSlope * v[e];
+              if (EPI == kLeakyGrad) v[e] = o >= 0.f ? v[e] : kSlope * v[e];
+              if (sizeof(T) == 4 && (EPI == kBiasLeaky || EPI == kLeakyGrad)) v[e] = to_tf32(v[e]);  // read by kernels
+              if (!inside) v[e] = 0.f;
+            }
+            store_pair(out + row * p.cout + n0 + j * 8 + 2 * (lane & 3), v[0], v[1]);
+          }
+        }
+    }
   }
 }
 
@@ -343,7 +387,20 @@ cudaError_t launch(Params p, cudaStream_t stream) {
   } else {
     p.tiles = (int)((p.zero_tail - p.zero_head + kRangeRows - 1) / kRangeRows);
   }
-  dim3 grid(p.tiles + kZeroBlocks, p.cout / NT, p.members);
+  dim3 grid;
+  if (WIDE) {  // as many blocks as run at once, each taking items in turn
+    int device, sms, resident;
+    err = cudaGetDevice(&device);
+    if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+    if (err == cudaSuccess)
+      err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, 128 * kWarpgroups, smem);
+    if (err != cudaSuccess) return err;
+    p.blocks = min(p.tiles * (p.cout / NT) * p.members, sms * resident);
+    grid = dim3(p.blocks + kZeroBlocks);
+  } else {  // an item a block
+    p.blocks = p.tiles;
+    grid = dim3(p.tiles + kZeroBlocks, p.cout / NT, p.members);
+  }
   kernel<<<grid, 128 * kWarpgroups, smem, stream>>>(p, maps);
   return cudaGetLastError();
 }

@@ -111,8 +111,9 @@ def operand(a: jax.Array, dtype) -> jax.Array:
 )
 @pytest.mark.parametrize("cout", [16, 32, 48])  # one product's N: 16, 32 or 48 (IRRM-L's and IRN x4's 45 padded)
 # rows up to 96 pixels: flat ranges (one block or several); wider: line tiles staged by the TMA (one 64-pixel
-# column tile or several, the last partly outside the row)
-@pytest.mark.parametrize("shape", [(2, 8, 62), (1, 9, 13), (1, 5, 126), (1, 6, 158), (2, 17, 130)])
+# column tile or several, the last partly outside the row; more tiles than an H100's 132 blocks at once, so that
+# blocks take several in turn)
+@pytest.mark.parametrize("shape", [(2, 8, 62), (1, 9, 13), (1, 5, 126), (1, 6, 158), (2, 17, 130), (2, 290, 130)])
 def test_conv_matches_xla(shape, cout, epilogue, transpose, dtype, tolerance):
     """Three inputs (16, 32, 32 channels) -> cout channels, against float32 XLA convolutions at full precision on
     the same operands; float32 feature maps and their gradients are stored as TF32 values. A transposed
@@ -208,14 +209,15 @@ def test_one_kernel_gradient_call_for_the_layers_of_each_width_within_its_limits
 @needs_gpu
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("epilogue", ["bias_leaky", "leaky_grad"])  # the extra operand a vector or a flat array
-@pytest.mark.parametrize("width", [62, 130])  # flat ranges, or line tiles (their inputs' tensor maps per member)
-def test_vmapped_calls_compute_each_member_as_a_separate_call(width, epilogue, dtype):
+# flat ranges, or line tiles (their inputs' tensor maps per member; a block's tiles in turn may span both members)
+@pytest.mark.parametrize("shape", [(2, 8, 62), (2, 8, 130), (2, 200, 130)])
+def test_vmapped_calls_compute_each_member_as_a_separate_call(shape, epilogue, dtype):
     """Under jax.vmap (fuse_gh: G and H) one call of each kernel serves both members, an unbatched input shared by
     them: bit for bit the results of one call a member (the kernel gradients' partials; XLA may add a batched and
     an unbatched array's partials in different orders)."""
-    layout = dk.FlatLayout(2, 8, width)
-    shared = dk.to_flat(normal(2, 8, width, 16).astype(dtype), layout, 16)
-    own = jnp.stack([dk.to_flat(normal(2, 8, width, 32).astype(dtype), layout, 32) for _ in range(2)])
+    layout = dk.FlatLayout(*shape)
+    shared = dk.to_flat(normal(*shape, 16).astype(dtype), layout, 16)
+    own = jnp.stack([dk.to_flat(normal(*shape, 32).astype(dtype), layout, 32) for _ in range(2)])
     forward = epilogue == "bias_leaky"  # a forward convolution, or (leaky_grad) a transposed one
     k0 = normal(2, 9, *((16, 32) if forward else (32, 16)), scale=0.1)
     k1 = normal(2, 9, 32, 32, scale=0.1)
