@@ -379,18 +379,13 @@ cudaError_t launch(Params p, cudaStream_t stream) {
   cudaError_t err = allow_shared_memory<kernel>(kBuffers * stage_bytes_for<NT, WIDE>(kRangeMaxRowWidth) + 1024);
   if (err != cudaSuccess) return err;
   InputMaps maps{};
-  if (WIDE) {
-    p.col_tiles = (p.w2 + 63) / 64;
-    p.tiles = (p.lines + kWideLines - 1) / kWideLines * p.col_tiles;
-    err = input_maps<T>(p, maps);
-    if (err != cudaSuccess) return err;
-  } else {
-    p.tiles = (int)((p.zero_tail - p.zero_head + kRangeRows - 1) / kRangeRows);
-  }
   dim3 grid;
   if (WIDE) {  // as many blocks as run at once, each taking items in turn
+    p.col_tiles = (p.w2 + 63) / 64;
+    p.tiles = (p.lines + kWideLines - 1) / kWideLines * p.col_tiles;
     int device, sms, resident;
-    err = cudaGetDevice(&device);
+    err = input_maps<T>(p, maps);
+    if (err == cudaSuccess) err = cudaGetDevice(&device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (err == cudaSuccess)
       err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, 128 * kWarpgroups, smem);
@@ -398,6 +393,7 @@ cudaError_t launch(Params p, cudaStream_t stream) {
     p.blocks = min(p.tiles * (p.cout / NT) * p.members, sms * resident);
     grid = dim3(p.blocks + kZeroBlocks);
   } else {  // an item a block
+    p.tiles = (int)((p.zero_tail - p.zero_head + kRangeRows - 1) / kRangeRows);
     p.blocks = p.tiles;
     grid = dim3(p.tiles + kZeroBlocks, p.cout / NT, p.members);
   }
