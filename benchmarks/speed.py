@@ -8,7 +8,8 @@ bicubic, straight-through quantisation, inverse with a fresh z, Charbonnier, z^2
 L2, Adam, norms for the logs), jitted with buffer donation, data parallel over the first `--devices` devices
 (batch per device x devices), on a fixed batch already on the devices (so the input pipeline is not timed).
 The round trip is jitted downscale (forward + 8-bit quantisation) then upscale (inverse with z ~ N(0, I)) of
-one `--roundtrip` image.
+one `--roundtrip` image, with the kernel blocks' weights packed once beforehand as `irrm_jax.inference.Rescaler`
+does (`irrm_jax.models.with_weight_packs`; `--repack`: packed again in every call, as before).
 
 `--profile DIR` also traces 3 calls of each training step (after the timing) for `benchmarks.profile_summary`.
 
@@ -39,7 +40,7 @@ import numpy as np
 from jax.sharding import Mesh
 
 from irrm_jax.losses import LossConfig, quantize_ste
-from irrm_jax.models import build_model
+from irrm_jax.models import build_model, with_weight_packs
 from irrm_jax.optimizer import create_optimizer, learning_rate_schedule
 from irrm_jax.parallel import batch_sharded, replicated, stacked_batches_sharded
 from irrm_jax.train import make_multi_step, make_train_step
@@ -161,12 +162,21 @@ def bench_train(
 
 
 def bench_roundtrip(
-    spec: str, variant: str, height: int, width: int, repeats: int, steps: int, profile_dir: str | None = None
+    spec: str,
+    variant: str,
+    height: int,
+    width: int,
+    repeats: int,
+    steps: int,
+    profile_dir: str | None = None,
+    repack: bool = False,
 ) -> dict:
     model = model_for(spec, variant)
     x = jnp.asarray(np.random.default_rng(0).uniform(size=(1, height, width, 3)), jnp.float32)
     shapes = jax.eval_shape(model.init, jax.random.key(0), x[:, :8, :8])["params"]
     variables = {"params": random_nonzero_params(shapes, 0, gain=0.1)}
+    if not repack:
+        variables = with_weight_packs(model, variables)
 
     @jax.jit
     def downscale(variables, x):
@@ -205,6 +215,9 @@ def main() -> None:
     parser.add_argument("--devices", default="1", help="comma-separated device counts for the train step")
     parser.add_argument("--roundtrip", default="1356x2040", help="HxW of the round-trip image ('' to skip)")
     parser.add_argument("--no-train", action="store_true", help="time only the round trip")
+    parser.add_argument(
+        "--repack", action="store_true", help="round trip: pack the kernel blocks' weights in every call, not once"
+    )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument(
@@ -249,8 +262,11 @@ def main() -> None:
                     if args.roundtrip and devices == 1 and i == 0:
                         h, w = (int(v) for v in args.roundtrip.split("x"))
                         profile_dir = args.profile and f"{args.profile}/{spec}_{variant}_roundtrip"
-                        roundtrip = bench_roundtrip(spec, variant, h, w, args.repeats, args.steps, profile_dir)
+                        roundtrip = bench_roundtrip(
+                            spec, variant, h, w, args.repeats, args.steps, profile_dir, args.repack
+                        )
                         r["roundtrip_ms"] = roundtrip["roundtrip_ms"]
+                        r["roundtrip_weights"] = "packed every call" if args.repack else "packed once"
                     results.append(r)
                     print(json.dumps(r), flush=True)
                     if args.json:  # rewritten after every result: a run cut short keeps what it measured
@@ -269,7 +285,7 @@ def main() -> None:
         print(
             f"| {r['model']} | {r['variant']} | {r['devices']} | {cell('batch_per_device', 'd')} | {step} | "
             f"{cell('patches_per_s', '.0f')} | {cell('compile_s', '.1f')} | {cell('step_memory_gb', '.1f')} | "
-            f"{cell('roundtrip_ms', '.1f')} |"
+            f"{cell('roundtrip_ms', '.1f')}{' (weights packed every call)' if args.repack else ''} |"
         )
 
 

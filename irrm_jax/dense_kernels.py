@@ -14,7 +14,8 @@ layers' gradients with their kernels flipped and transposed.
 Weights. A block call prepares its kernels and biases once (in the compute dtype, padded) into one flat array
 (`WeightPack`) that the convolutions read at offsets, the kernels in HWIO order for the forward convolutions and
 the transposed ones alike: XLA writes it in one fusion, where separate arrays, transposed and flipped for each
-direction, took one small kernel each (about 450 a training step of IRN x4, 1.1 ms on an H100).
+direction, took one small kernel each (about 450 a training step of IRN x4, 1.1 ms on an H100). Inference, whose
+weights do not change, packs them once (`dense_block_pack`, `irrm_jax.models.with_weight_packs`) and passes the pack.
 
 Channel counts must be powers of two of at least 16 (Triton's blocks and matrix units; the CUDA kernels take
 multiples of 16, `Ops.channels`): the input and the last layer's output are padded with zeros; the growth (IRN: 32)
@@ -456,44 +457,90 @@ def flat_bias(bias: jax.Array, cout: int, dtype) -> jax.Array:
     return jnp.pad(bias, (0, cout - bias.shape[0])).astype(dtype)
 
 
-def per_device(block: Callable, x: jax.Array, kernels: Sequence, biases: Sequence) -> jax.Array:
-    """``block(x, kernels, biases)``; under an abstract mesh with a 'data' axis, on each device's part of the batch
-    (`jax.shard_map`: XLA cannot split a kernel call over a sharded batch)."""
+def per_device(block: Callable, x: jax.Array, *weights) -> jax.Array:
+    """``block(x, *weights)``; under an abstract mesh with a 'data' axis, on each device's part of the batch
+    (`jax.shard_map`: XLA cannot split a kernel call over a sharded batch), the weights on every device."""
     mesh = jax.sharding.get_abstract_mesh()
     if DATA_AXIS in mesh.axis_names and mesh.shape[DATA_AXIS] > 1:
         data, same = PartitionSpec(DATA_AXIS), PartitionSpec()
         # check_vma=False: pallas_call's outputs carry no per-device variance
-        run = jax.shard_map(block, in_specs=(data, same, same), out_specs=data, check_vma=False)
-        return run(x, list(kernels), list(biases))
-    return block(x, kernels, biases)
+        run = jax.shard_map(block, in_specs=(data,) + (same,) * len(weights), out_specs=data, check_vma=False)
+        return run(x, *weights)
+    return block(x, *weights)
+
+
+def checked_pack(pack: WeightPack, build: Callable, kernels: Sequence, biases: Sequence) -> WeightPack:
+    """A prepared weight pack, once it holds what ``build(kernels, biases)`` packs: the same arrays, shapes and dtype.
+
+    Raises:
+      ValueError: for a pack prepared for another block, dtype or kernel option.
+    """
+    expected = jax.eval_shape(build, kernels, biases)
+    ours = (pack.slots, pack.buffer.shape, pack.buffer.dtype)
+    if ours != (expected.slots, expected.buffer.shape, expected.buffer.dtype):
+        raise ValueError(
+            "the prepared weight pack does not fit this block (prepared for other weights, another compute dtype "
+            f"or kernel option): {len(pack.slots)} arrays of {pack.buffer.dtype}, {pack.buffer.shape[0]} values, "
+            f"expected {len(expected.slots)} of {expected.buffer.dtype}, {expected.buffer.shape[0]}."
+        )
+    return pack
 
 
 def dense_block(
-    x: jax.Array, kernels: Sequence[jax.Array], biases: Sequence[jax.Array], dtype, cuda: bool = False
+    x: jax.Array,
+    kernels: Sequence[jax.Array],
+    biases: Sequence[jax.Array],
+    dtype,
+    cuda: bool = False,
+    pack: WeightPack | None = None,
 ) -> jax.Array:
     """IRN's DenseBlock (`subnets.DenseBlock`'s function) on (n, h, w, c_in), from its HWIO kernels and biases.
 
     Layer k sees [x, x1, ..., xk] concatenated in that order; returns (n, h, w, features) in dtype. With ``cuda``
     the convolutions and kernel gradients come from `irrm_jax.cuda_kernels` (NVIDIA GPUs, bfloat16 or float32).
-    Under an abstract mesh with a 'data' axis, each device runs its part of the batch.
+    ``pack``: the kernels and biases packed once (`dense_block_pack`), read instead of packing them again: for
+    inference (no gradients). Under an abstract mesh with a 'data' axis, each device runs its part of the batch.
+
+    Raises:
+      ValueError: for a growth that is not a power of two >= 16, or a pack that does not fit.
     """
     growth = kernels[0].shape[-1]
     if growth != padded_channels(growth):
         raise ValueError(f"dense_pallas needs a growth that is a power of two >= 16, got {growth}.")
-    return per_device(functools.partial(_dense_block_on_device, dtype=dtype, cuda=cuda), x, kernels, biases)
+    block = functools.partial(_dense_block_on_device, dtype=dtype, cuda=cuda)
+    if pack is None:
+        return per_device(block, x, kernels, biases)
+    build = functools.partial(dense_block_pack, dtype=dtype, cuda=cuda)
+    return per_device(block, x, kernels, biases, checked_pack(pack, build, kernels, biases))
 
 
-def _dense_block_on_device(x, kernels, biases, dtype, cuda):
-    n, h, w, c_in = x.shape
-    growth, features = kernels[0].shape[-1], kernels[-1].shape[-1]
-    layout = FlatLayout(n, h, w, BLOCK_ROWS)
+def dense_block_pack(
+    kernels: Sequence[jax.Array], biases: Sequence[jax.Array], dtype, cuda: bool = False
+) -> WeightPack:
+    """The weight pack `dense_block` makes of these kernels and biases at every call, made once for its ``pack``."""
     ops = kernel_ops(cuda)
+    return pack_weights(ops, *_flat_weights(kernels, biases, dtype, ops))
+
+
+def _flat_weights(kernels, biases, dtype, ops):
+    """The HWIO kernels and biases as `dense_block_flat` takes them: channels padded as ``ops`` computes them."""
+    c_in, growth, features = kernels[0].shape[2], kernels[0].shape[-1], kernels[-1].shape[-1]
     c_x, c_out = ops.channels(c_in, dtype), ops.channels(features, dtype)
     last = len(kernels) - 1
     flat = tuple(
         flat_kernels(kernel, [c_in] + [growth] * k, [c_x] + [growth] * k, c_out if k == last else growth, dtype)
         for k, kernel in enumerate(kernels)
     )
-    biases = tuple(flat_bias(b, c_out if k == last else growth, dtype) for k, b in enumerate(biases))
-    out = dense_block_flat(layout, ops, to_flat(x.astype(dtype), layout, c_x), flat, biases)
-    return from_flat(out, layout, features)
+    return flat, tuple(flat_bias(b, c_out if k == last else growth, dtype) for k, b in enumerate(biases))
+
+
+def _dense_block_on_device(x, kernels, biases, pack=None, *, dtype, cuda):
+    n, h, w, c_in = x.shape
+    layout = FlatLayout(n, h, w, BLOCK_ROWS)
+    ops = kernel_ops(cuda)
+    x_flat = to_flat(x.astype(dtype), layout, ops.channels(c_in, dtype))
+    if pack is None:
+        out = dense_block_flat(layout, ops, x_flat, *_flat_weights(kernels, biases, dtype, ops))
+    else:
+        out = _forward(layout, ops, x_flat, pack, len(kernels))[-1]
+    return from_flat(out, layout, kernels[-1].shape[-1])

@@ -21,6 +21,8 @@ from irrm_jax.dense_kernels import (
     SLOPE,
     FlatLayout,
     Ops,
+    WeightPack,
+    checked_pack,
     flat_bias,
     flat_kernels,
     from_flat,
@@ -81,24 +83,54 @@ enhanced_block_flat.defvjp(_enhanced_block_fwd, _enhanced_block_bwd)
 
 
 def enhanced_block(
-    x: jax.Array, kernels: Sequence[jax.Array], biases: Sequence[jax.Array], dtype, cuda: bool = False
+    x: jax.Array,
+    kernels: Sequence[jax.Array],
+    biases: Sequence[jax.Array],
+    dtype,
+    cuda: bool = False,
+    pack: WeightPack | None = None,
 ) -> jax.Array:
     """IRRM's Enhanced Block (`subnets.EnhancedBlock`'s function) on (n, h, w, c_in), from its HWIO kernels and
     biases (conv_in, conv_a and conv_b of each unit, conv_out); returns (n, h, w, features) in dtype. With ``cuda``
-    the kernels are `irrm_jax.cuda_kernels`' (NVIDIA GPUs, bfloat16 or float32). Under an abstract mesh with a
-    'data' axis, each device runs its part of the batch."""
-    return per_device(functools.partial(_enhanced_block_on_device, dtype=dtype, cuda=cuda), x, kernels, biases)
+    the kernels are `irrm_jax.cuda_kernels`' (NVIDIA GPUs, bfloat16 or float32). ``pack``: the kernels and biases
+    packed once (`enhanced_block_pack`), read instead of packing them again: for inference (no gradients). Under an
+    abstract mesh with a 'data' axis, each device runs its part of the batch.
+
+    Raises:
+      ValueError: for a pack that does not fit.
+    """
+    block = functools.partial(_enhanced_block_on_device, dtype=dtype, cuda=cuda)
+    if pack is None:
+        return per_device(block, x, kernels, biases)
+    build = functools.partial(enhanced_block_pack, dtype=dtype, cuda=cuda)
+    return per_device(block, x, kernels, biases, checked_pack(pack, build, kernels, biases))
 
 
-def _enhanced_block_on_device(x, kernels, biases, dtype, cuda):
-    n, h, w, c_in = x.shape
-    width, features = kernels[0].shape[-1], kernels[-1].shape[-1]
+def enhanced_block_pack(
+    kernels: Sequence[jax.Array], biases: Sequence[jax.Array], dtype, cuda: bool = False
+) -> WeightPack:
+    """The weight pack `enhanced_block` makes of these kernels and biases at every call, made once for its ``pack``."""
     ops = kernel_ops(cuda)
+    return pack_weights(ops, *_flat_weights(kernels, biases, dtype, ops))
+
+
+def _flat_weights(kernels, biases, dtype, ops):
+    """The HWIO kernels and biases as `enhanced_block_flat` takes them: channels padded as ``ops`` computes them."""
+    c_in, width, features = kernels[0].shape[2], kernels[0].shape[-1], kernels[-1].shape[-1]
     c_x, c_w, c_out = (ops.channels(c, dtype) for c in (c_in, width, features))
-    layout = FlatLayout(n, h, w, BLOCK_ROWS)
     ins = [(c_in, c_x)] + [(width, c_w)] * (len(kernels) - 1)
     outs = [c_w] * (len(kernels) - 1) + [c_out]
     flat = tuple(flat_kernels(k, [c], [p], cout, dtype) for k, (c, p), cout in zip(kernels, ins, outs, strict=True))
-    flat_biases = tuple(flat_bias(b, cout, dtype) for b, cout in zip(biases, outs, strict=True))
-    out = enhanced_block_flat(layout, ops, to_flat(x.astype(dtype), layout, c_x), flat, flat_biases)
-    return from_flat(out, layout, features)
+    return flat, tuple(flat_bias(b, cout, dtype) for b, cout in zip(biases, outs, strict=True))
+
+
+def _enhanced_block_on_device(x, kernels, biases, pack=None, *, dtype, cuda):
+    n, h, w, c_in = x.shape
+    ops = kernel_ops(cuda)
+    layout = FlatLayout(n, h, w, BLOCK_ROWS)
+    x_flat = to_flat(x.astype(dtype), layout, ops.channels(c_in, dtype))
+    if pack is None:
+        out = enhanced_block_flat(layout, ops, x_flat, *_flat_weights(kernels, biases, dtype, ops))
+    else:
+        out = _forward(layout, ops, x_flat, pack, (len(kernels) - 2) // 2)[0]
+    return from_flat(out, layout, kernels[-1].shape[-1])

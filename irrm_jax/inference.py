@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from irrm_jax.metrics import to_uint8
-from irrm_jax.models import VARIANTS, build_model, with_dense_cuda
+from irrm_jax.models import VARIANTS, build_model, with_dense_cuda, with_weight_packs
 
 PAD_MODE = "reflect"
 """numpy ``np.pad`` mode used to extend images to their bucket (bottom and right edges)."""
@@ -171,7 +171,8 @@ class Rescaler:
         self.max_batch = max_batch
         self.z_channels = 3 * self.scale**2 - 3
         params = params["params"] if isinstance(params, dict) and set(params) == {"params"} else params
-        self._variables = jax.device_put({"params": params})
+        # the kernel blocks' weights packed once here, not in every call (models.with_weight_packs)
+        self._variables = with_weight_packs(model, jax.device_put({"params": params}))
         self._executables: dict[tuple, Any] = {}
 
     @classmethod

@@ -22,7 +22,7 @@ import jax.numpy as jnp
 
 from irrm_jax.coupling import AdditiveCoupling, AffineCoupling
 from irrm_jax.haar import check_divisible, haar_forward, haar_inverse
-from irrm_jax.subnets import DenseBlock, EnhancedBlock
+from irrm_jax.subnets import WEIGHT_PACKS, DenseBlock, EnhancedBlock
 
 
 @dataclasses.dataclass(frozen=True)
@@ -269,6 +269,24 @@ def with_dense_cuda(model: InvertibleRescaler) -> InvertibleRescaler:
     """The model with its sub-networks' kernels in CUDA (``dense_cuda``) and each coupling's G and H as one call of
     each kernel (``fuse_gh``, faster with those kernels). The same function."""
     return model.clone(dense_cuda=True, fuse_gh=True)
+
+
+def with_weight_packs(model: InvertibleRescaler, variables: dict) -> dict:
+    """``variables`` plus the sub-networks' weights packed once as the kernels read them (the ``WEIGHT_PACKS``
+    collection), so that calls of ``model.apply`` with them skip the packing: the same outputs, fewer small kernels a
+    call. For inference: the packs do not follow later changes of the parameters, and gradients through them are
+    not defined. Models without ``dense_pallas`` or ``dense_cuda`` get ``variables`` back as they are."""
+    if not (model.dense_pallas or model.dense_cuda):
+        return variables
+    params = {"params": variables["params"]}
+    x = jnp.zeros((1, model.scale, model.scale, 3), jnp.float32)  # any image: only the packs are kept
+
+    @jax.jit
+    def packs(params):
+        # G and H unfused, so that each stores its own pack (the fused call stacks them)
+        return model.clone(fuse_gh=False).apply(params, x, mutable=[WEIGHT_PACKS])[1]
+
+    return {**variables, **packs(params)}
 
 
 def main() -> None:

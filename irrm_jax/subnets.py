@@ -9,8 +9,13 @@ Speed option ``channel_multiple``: odd channel counts (3, 35, 67, 99, 131, 45, .
 so convolutions can pad their input and output channels with zeros to a multiple (e.g. 8). The stored
 parameters keep their true shapes (so counts and checkpoints are unchanged); zero rows and columns are inserted
 at apply time, which gives exactly the same function.
+
+Weight packs: with the kernel options (``pallas``, ``cuda``) a block packs its kernels and biases as the kernels
+read them at every call. Where the variables carry the ``WEIGHT_PACKS`` collection (inference:
+`irrm_jax.models.with_weight_packs`), a block reads its pack from there instead.
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -22,6 +27,18 @@ from irrm_jax import dense_kernels, enhanced_kernels
 # PyTorch's xavier_normal_ (untruncated normal, std = sqrt(2 / (fan_in + fan_out))) scaled by 0.1, as IRN
 # initialises conv1..conv4: variance 0.01 / fan_avg. JAX's glorot_normal would draw from a truncated normal.
 xavier_normal_x01 = nn.initializers.variance_scaling(0.01, "fan_avg", "normal")
+
+
+WEIGHT_PACKS = "weight_packs"
+"""The variable collection of the kernel blocks' packed weights (one ``pack`` a block), for inference."""
+
+
+def prepared_pack(module: nn.Module, build: Callable[[], Any]) -> Any:
+    """A kernel block's weight pack from the ``WEIGHT_PACKS`` collection, or None where it holds none. Where that
+    collection is mutable (outside ``init``), ``build()`` is stored there first."""
+    if module.is_mutable_collection(WEIGHT_PACKS) and not module.is_initializing():
+        module.put_variable(WEIGHT_PACKS, "pack", build())
+    return module.get_variable(WEIGHT_PACKS, "pack")
 
 
 def round_up(n: int, multiple: int) -> int:
@@ -130,9 +147,9 @@ class DenseBlock(nn.Module):
             for i in range(1, 6)
         ]
         if kernels:
-            return dense_kernels.dense_block(
-                x, [c.kernel for c in convs], [c.bias for c in convs], self.dtype, cuda=self.cuda
-            )
+            weights = [c.kernel for c in convs], [c.bias for c in convs]
+            pack = prepared_pack(self, lambda: dense_kernels.dense_block_pack(*weights, self.dtype, self.cuda))
+            return dense_kernels.dense_block(x, *weights, self.dtype, self.cuda, pack)
         if self.outward:
             return self._outward(x, convs)
         feats = [x]
@@ -195,9 +212,9 @@ class EnhancedBlock(nn.Module):
             Conv3x3(self.features, self.width, self.dtype, zero_init=True, channel_multiple=multiple, name="conv_out")
         )
         if kernels:
-            return enhanced_kernels.enhanced_block(
-                x, [c.kernel for c in convs], [c.bias for c in convs], self.dtype, cuda=self.cuda
-            )
+            weights = [c.kernel for c in convs], [c.bias for c in convs]
+            pack = prepared_pack(self, lambda: enhanced_kernels.enhanced_block_pack(*weights, self.dtype, self.cuda))
+            return enhanced_kernels.enhanced_block(x, *weights, self.dtype, self.cuda, pack)
         h = convs[0](x)
         for i in range(self.n_res):
             h = h + convs[2 * i + 2](nn.leaky_relu(convs[2 * i + 1](h), 0.2))

@@ -13,7 +13,7 @@ import pytest
 
 from irrm_jax import cuda_kernels
 from irrm_jax import dense_kernels as dk
-from irrm_jax.models import build_model
+from irrm_jax.models import build_model, with_weight_packs
 from irrm_jax.subnets import DenseBlock, EnhancedBlock, conv3x3
 from irrm_jax.verify import random_nonzero_params
 
@@ -347,6 +347,24 @@ def test_fused_g_and_h_are_the_same_model_in_fewer_calls(dtype, name):
     for got, want in zip(jax.tree.leaves(fused), jax.tree.leaves(separate), strict=True):
         assert float(jnp.linalg.norm(got - want)) <= tolerance * float(jnp.linalg.norm(want))
     assert calls(models[1]) < calls(models[0])
+
+
+@needs_gpu
+@pytest.mark.parametrize("name", ["irn", "irrm_s"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_weight_packs_made_once_give_the_same_round_trip(dtype, name):
+    """`with_weight_packs` on the CUDA kernels (G and H fused; rows wide enough for line tiles): the round trip
+    from the packs equals, bit for bit, the one that packs the parameters in every call."""
+    x = jnp.asarray(RNG.uniform(size=(1, 16, 264, 3)), jnp.float32)
+    model = build_model(name, 2, blocks_per_level=(2,), dense_cuda=True, compute_dtype=dtype, fuse_gh=True)
+    variables = {"params": random_nonzero_params(jax.eval_shape(model.init, jax.random.key(0), x)["params"], 3)}
+
+    @jax.jit
+    def round_trip(variables):
+        lr, z = model.apply(variables, x)
+        return lr, model.apply(variables, lr, z, method=model.inverse)
+
+    chex.assert_trees_all_equal(round_trip(with_weight_packs(model, variables)), round_trip(variables))
 
 
 @needs_gpu
