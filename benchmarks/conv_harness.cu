@@ -44,10 +44,11 @@ __global__ void reference_conv(Params p, int epi, bool trans) {
     }
   }
   const T* extra = reinterpret_cast<const T*>(p.extra);
-  if (epi == kBias || epi == kBiasLeaky) v += (float)extra[n];
-  if (epi == kBiasLeaky) v = v >= 0.f ? v : kSlope * v;
+  if (epi == kBias || epi == kBiasLeaky || epi == kBiasResidualLeaky) v += (float)extra[n];
+  if (epi == kBiasResidualLeaky) v += (float)reinterpret_cast<const T*>(p.residual)[row * p.cout + n];
+  if (epi == kBiasLeaky || epi == kBiasResidualLeaky) v = v >= 0.f ? v : kSlope * v;
   if (epi == kLeakyGrad) v = (float)extra[row * p.cout + n] >= 0.f ? v : kSlope * v;
-  if (sizeof(T) == 4 && (epi == kBiasLeaky || epi == kLeakyGrad)) v = to_tf32(v);
+  if (sizeof(T) == 4 && epi != kNone && epi != kBias) v = to_tf32(v);
   reinterpret_cast<T*>(p.out)[i] = (T)(pixel ? v : 0.f);
 }
 
@@ -85,6 +86,10 @@ static void bench(const char* tag, const char* name, int n, int h, int w, std::v
     p.extra = (const char*)upload(hb);
   }
   bufs.push_back((void*)p.extra);
+  if (epi == kBiasResidualLeaky) {
+    p.residual = (const char*)images.random<T>(cout);
+    bufs.push_back((void*)p.residual);
+  }
   const size_t out_elems = (size_t)images.rows * cout;
   T *o, *o_ref;
   CK(cudaMalloc(&o, out_elems * sizeof(T)));
@@ -155,6 +160,11 @@ int main(int argc, char** argv) {
   bench<float>(t, "f32 irrm 1020 32-32", 1, 678, 1020, {32}, 32, kBiasLeaky, false);
   bench<float>(t, "f32 irrm 510 32-32", 1, 339, 510, {32}, 32, kBiasLeaky, false);
   bench<__nv_bfloat16>(t, "bf16 irrm 1020 32-32", 1, 678, 1020, {32}, 32, kBiasLeaky, false);
+  // ... conv_b with the residual sum and conv_out's LeakyReLU in its epilogue (IRRM-L: 48 -> 48)
+  bench<float>(t, "f32 irrm 1020 48-48 res", 1, 678, 1020, {48}, 48, kBiasResidualLeaky, false);
+  bench<float>(t, "f32 irrm 510 32-32 res", 1, 339, 510, {32}, 32, kBiasResidualLeaky, false);
+  bench<__nv_bfloat16>(t, "bf16 irrm 1020 48-48 res", 1, 678, 1020, {48}, 48, kBiasResidualLeaky, false);
+  bench<float>(t, "f32 36 48-48 res", 16, 36, 36, {48}, 48, kBiasResidualLeaky, false);
   // the training crops' levels (batch 16 of 144x144: 72x72 and 36x36, flat ranges)
   bench<float>(t, "f32 72 L4 fwd", 16, 72, 72, {16, 32, 32, 32}, 32, kBiasLeaky, false);
   bench<float>(t, "f32 36 L5 fwd 48out", 16, 36, 36, {48, 32, 32, 32, 32}, 48, kBias, false);

@@ -40,7 +40,7 @@ from irrm_jax.dense_kernels import FlatLayout, WeightPack
 SOURCES = [Path(__file__).with_name(name) for name in ("dense_conv.cu", "dense_weight_grad.cu")]
 HEADERS = [Path(__file__).with_name("dense_cuda.cuh")]
 TARGETS = {"irrm_dense_conv": "IrrmDenseConv", "irrm_dense_weight_grad": "IrrmDenseWeightGrad"}  # FFI name: symbol
-EPILOGUES = {"none": 0, "bias": 1, "bias_leaky": 2, "leaky_grad": 3}  # dense_conv.cu's `Epilogue`
+EPILOGUES = {"none": 0, "bias": 1, "bias_leaky": 2, "leaky_grad": 3, "bias_residual_leaky": 4}  # dense_conv.cu's
 # Kernel-gradient blocks a call, about: groups of rows = this / the inputs' 16-channel chunks (fewer where there are
 # fewer tiles). 256 summed the training step's layers faster than 128 or 512 on an H100, a call a layer and again with
 # a call for a block's layers (benchmarks/NOTES.md).
@@ -158,19 +158,22 @@ def conv(
     epilogue: str,
     extra: str | jax.Array | None = None,
     transpose: bool = False,
+    residual: jax.Array | None = None,
 ) -> jax.Array:
     """`dense_kernels.conv`, computed by the CUDA kernel (see there for the arguments), which reads the kernels and
     the bias from the pack's buffer at their offsets. float32 inputs and kernels must be TF32 values
-    (`tf32_operand`); the ``bias_leaky`` and ``leaky_grad`` epilogues store TF32 values. A convolution reads each
-    kernel's K-major copy ``name.t`` (9, cout, c) from the pack (`dense_kernels.pack_weights` packs them for `CUDA`),
-    a transposed convolution the kernels themselves.
+    (`tf32_operand`); the ``bias_leaky``, ``bias_residual_leaky`` and ``leaky_grad`` epilogues store TF32 values. A
+    convolution reads each kernel's K-major copy ``name.t`` (9, cout, c) from the pack (`dense_kernels.pack_weights`
+    packs them for `CUDA`), a transposed convolution the kernels themselves.
 
     Raises:
-      ValueError: not on a GPU backend, or a dtype other than bfloat16 and float32.
+      ValueError: not on a GPU backend, a dtype other than bfloat16 and float32, or a residual without its epilogue
+        (or that epilogue without it).
       RuntimeError: the kernels could not be built (no nvcc, or a compile error).
     """
     if not computes(inputs[0].dtype):
-        return dense_kernels.conv(inputs, pack, kernels, layout, epilogue, extra, transpose)
+        return dense_kernels.conv(inputs, pack, kernels, layout, epilogue, extra, transpose, residual)
+    dense_kernels.check_residual(epilogue, residual)
     cout = pack.slot(kernels[0])[1][1 if transpose else 2]
     bias = epilogue in dense_kernels.BIAS_EPILOGUES
     kmajor = kernels if transpose else [f"{k}.t" for k in kernels]  # (9, cout, c) either way
@@ -181,6 +184,7 @@ def conv(
         *inputs,
         pack.buffer,
         *([extra] if epilogue == "leaky_grad" else []),
+        *([] if residual is None else [residual]),
         **_layout_attributes(layout),
         n_inputs=np.int64(len(inputs)),
         epilogue=np.int64(EPILOGUES[epilogue]),

@@ -23,16 +23,18 @@ using namespace dense_cuda;
 
 constexpr int kRowBytes = 32;  // a staged pixel's channels; its two 16-byte halves swap every 4 rows (swizzled)
 
-enum Epilogue { kNone = 0, kBias = 1, kBiasLeaky = 2, kLeakyGrad = 3 };
+// kBiasResidualLeaky: LeakyReLU(sum + bias + residual), the residual a flat array like the output
+enum Epilogue { kNone = 0, kBias = 1, kBiasLeaky = 2, kLeakyGrad = 3, kBiasResidualLeaky = 4 };
 
 struct Params {
   const char* x[kMaxInputs];  // flat inputs (rows, c[i])
   const char* w[kMaxInputs];  // input i's K-major kernel (9, cout, c[i]) in the weight pack (transposed: tap 8 - t)
   int c[kMaxInputs];
   int n_inputs;
-  const char* extra;  // bias (cout,) or the activation (rows, cout) for kLeakyGrad
-  char* out;          // (rows, cout)
-  long long x_step[kMaxInputs], w_step[kMaxInputs], extra_step, out_step;  // member steps (dense_cuda.cuh)
+  const char* extra;     // bias (cout,) or the activation (rows, cout) for kLeakyGrad
+  const char* residual;  // kBiasResidualLeaky's (rows, cout)
+  char* out;             // (rows, cout)
+  long long x_step[kMaxInputs], w_step[kMaxInputs], extra_step, residual_step, out_step;  // member steps (dense_cuda.cuh)
   long long rows, margin;
   int lines, h2, w2, cout;  // lines = n * (h + 2); h2 = h + 2; w2 = w + 2
   int col_tiles;                   // wide rows: 64-pixel tiles a line
@@ -249,6 +251,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
     const long long r0 = at.r0;
     T* out = reinterpret_cast<T*>(p.out + member * p.out_step);
     const T* extra = reinterpret_cast<const T*>(p.extra + member * p.extra_step);
+    const T* residual = reinterpret_cast<const T*>(p.residual + member * p.residual_step);
     float acc[kTiles][NT / 8][4];
     zero_accumulators(acc);
 
@@ -279,7 +282,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
     // Epilogue: accumulator element q of (m, j) is row 16 * warp + lane / 4 + 8 * (q / 2) of the warpgroup's m64 tile
     // m, channel j * 8 + 2 * (lane % 4) + q % 2. The epilogue's operands are loaded before the stores (a store may
     // alias them as far as the compiler knows, and a load after it would wait for it): all at once, or (kLeakyGrad's
-    // activations beside 4 x 48 sums, more than the registers hold) half the tiles at a time.
+    // activations or the residual beside 4 x 48 sums, more than the registers hold) half the tiles at a time.
     // the flat row of the elements (m, half) of this lane, whether it is inside the image, and whether it is written
     // (within the image lines; wide: also within the row)
     auto place = [&](int m, int half, long long& row, bool& inside) {
@@ -297,10 +300,16 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
         return row < p.zero_tail;
       }
     };
-    constexpr int kGroup = EPI == kLeakyGrad && kTiles * NT > 128 ? kTiles / 2 : kTiles;
+    constexpr bool kPerElement = EPI == kLeakyGrad || EPI == kBiasResidualLeaky;  // an operand (rows, cout)
+    constexpr int kGroup = !kPerElement || kTiles * NT <= 128 ? kTiles : EPI == kLeakyGrad ? kTiles / 2 : 1;
+    float bias[NT / 8][2];  // kBiasResidualLeaky's, added before the residual (as XLA adds them)
+    if constexpr (EPI == kBiasResidualLeaky)
+#pragma unroll
+      for (int j = 0; j < NT / 8; ++j) load_pair(extra + n0 + j * 8 + 2 * (lane & 3), bias[j][0], bias[j][1]);
 #pragma unroll
     for (int m0 = 0; m0 < kTiles; m0 += kGroup) {
-      float operand[kGroup][2][NT / 8][2];  // the bias, or kLeakyGrad's activations, at each accumulator element
+      // at each accumulator element: the bias, kLeakyGrad's activations or the residual
+      float operand[kGroup][2][NT / 8][2];
 #pragma unroll
       for (int g = 0; g < kGroup; ++g)
 #pragma unroll
@@ -314,6 +323,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
             float(&pair)[2] = operand[g][half][j];
             if (EPI == kBias || EPI == kBiasLeaky) load_pair(extra + n, pair[0], pair[1]);
             if (EPI == kLeakyGrad) load_pair(extra + row * p.cout + n, pair[0], pair[1]);
+            if (EPI == kBiasResidualLeaky) load_pair(residual + row * p.cout + n, pair[0], pair[1]);
           }
         }
 #pragma unroll
@@ -330,9 +340,10 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
             for (int e = 0; e < 2; ++e) {
               const float o = operand[g][half][j][e];
               if (EPI == kBias || EPI == kBiasLeaky) v[e] += o;
-              if (EPI == kBiasLeaky) v[e] = v[e] >= 0.f ? v[e] : kSlope * v[e];
+              if constexpr (EPI == kBiasResidualLeaky) v[e] = v[e] + bias[j][e] + o;
+              if (EPI == kBiasLeaky || EPI == kBiasResidualLeaky) v[e] = v[e] >= 0.f ? v[e] : kSlope * v[e];
               if (EPI == kLeakyGrad) v[e] = o >= 0.f ? v[e] : kSlope * v[e];
-              if (sizeof(T) == 4 && (EPI == kBiasLeaky || EPI == kLeakyGrad)) v[e] = to_tf32(v[e]);  // read by kernels
+              if (sizeof(T) == 4 && EPI != kNone && EPI != kBias) v[e] = to_tf32(v[e]);  // read by kernels
               if (!inside) v[e] = 0.f;
             }
             store_pair(out + row * p.cout + n0 + j * 8 + 2 * (lane & 3), v[0], v[1]);
@@ -407,6 +418,7 @@ cudaError_t launch_epilogue(const Params& p, int epilogue, cudaStream_t stream) 
     case kNone: return launch<T, NT, kNone, TRANS, WIDE>(p, stream);
     case kBias: return launch<T, NT, kBias, TRANS, WIDE>(p, stream);
     case kBiasLeaky: return launch<T, NT, kBiasLeaky, TRANS, WIDE>(p, stream);
+    case kBiasResidualLeaky: return launch<T, NT, kBiasResidualLeaky, TRANS, WIDE>(p, stream);
     default: return launch<T, NT, kLeakyGrad, TRANS, WIDE>(p, stream);
   }
 }
@@ -433,12 +445,13 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
                          int64_t h, int64_t w, int64_t margin, int64_t n_inputs, int64_t epilogue,
                          ffi::Span<const int64_t> kernel_offsets, int64_t bias_offset, bool transpose) {
   if (n_inputs < 1 || n_inputs > kMaxInputs) return ffi::Error::InvalidArgument("dense_conv: 1 to 8 inputs");
-  if (epilogue < kNone || epilogue > kLeakyGrad) return ffi::Error::InvalidArgument("dense_conv: unknown epilogue");
+  if (epilogue < kNone || epilogue > kBiasResidualLeaky)
+    return ffi::Error::InvalidArgument("dense_conv: unknown epilogue");
   if ((int64_t)kernel_offsets.size() != n_inputs)
     return ffi::Error::InvalidArgument("dense_conv: one kernel offset an input");
-  const bool with_bias = epilogue == kBias || epilogue == kBiasLeaky;
-  const int with_activation = epilogue == kLeakyGrad ? 1 : 0;
-  if ((int64_t)args.size() != n_inputs + 1 + with_activation)
+  const bool with_bias = epilogue == kBias || epilogue == kBiasLeaky || epilogue == kBiasResidualLeaky;
+  const int with_flat = epilogue == kLeakyGrad || epilogue == kBiasResidualLeaky ? 1 : 0;  // activation or residual
+  if ((int64_t)args.size() != n_inputs + 1 + with_flat)
     return ffi::Error::InvalidArgument("dense_conv: expected the inputs, the weight pack and the epilogue's operand");
   Params p{};
   const auto dtype = out->element_type();
@@ -479,12 +492,21 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
     p.extra = weights + bias_offset * elem;
     p.extra_step = pack_step;
   }
-  if (with_activation) {
+  if (with_flat) {  // kLeakyGrad's activation (in extra) or the residual
     auto e = args.get<ffi::AnyBuffer>(n_inputs + 1);
     if (e.has_error()) return e.error();
-    p.extra = static_cast<const char*>(e->untyped_data());
-    p.extra_step = member_step(*e, 2, members);
-    steps_ok = steps_ok && p.extra_step >= 0;
+    if (extent(*e, 2, 0) != p.rows || extent(*e, 2, 1) != p.cout)
+      return ffi::Error::InvalidArgument("dense_conv: the epilogue's flat operand must have the output's shape");
+    const char* data = static_cast<const char*>(e->untyped_data());
+    const long long step = member_step(*e, 2, members);
+    if (epilogue == kLeakyGrad) {
+      p.extra = data;
+      p.extra_step = step;
+    } else {
+      p.residual = data;
+      p.residual_step = step;
+    }
+    steps_ok = steps_ok && step >= 0;
   }
   if (!steps_ok || p.out_step < 0)
     return ffi::Error::InvalidArgument("dense_conv: operands batched over one leading axis (vmap) at most");

@@ -43,7 +43,7 @@ from jax.sharding import PartitionSpec
 from irrm_jax.parallel import DATA_AXIS
 
 SLOPE = 0.2  # LeakyReLU's negative slope in IRN's DenseBlock
-BIAS_EPILOGUES = ("bias", "bias_leaky")  # the convolution epilogues that add a bias from the weight pack
+BIAS_EPILOGUES = ("bias", "bias_leaky", "bias_residual_leaky")  # the epilogues that add a bias from the pack
 BLOCK_ROWS = 64  # rows (pixels) one kernel program computes
 NUM_WARPS = 2  # Triton: warps per program
 NUM_STAGES = 3  # Triton: software-pipelining depth of the loops over taps and blocks
@@ -171,7 +171,9 @@ def _conv_kernel(*refs, layout: FlatLayout, n_inputs: int, epilogue: str):
             acc = jax.lax.fori_loop(0, 9, add_tap, acc)
         if epilogue in BIAS_EPILOGUES:
             acc += extra[0][...].astype(acc_dtype)[None, :]
-        if epilogue == "bias_leaky":
+        if epilogue == "bias_residual_leaky":
+            acc += extra[1][pl.ds(start, block), :].astype(acc_dtype)
+        if epilogue in ("bias_leaky", "bias_residual_leaky"):
             acc = jax.nn.leaky_relu(acc, SLOPE)
         if epilogue == "leaky_grad":  # extra[0] is the LeakyReLU's output: its sign is its input's
             acc = jnp.where(extra[0][pl.ds(start, block), :] >= 0, acc, SLOPE * acc)
@@ -181,6 +183,12 @@ def _conv_kernel(*refs, layout: FlatLayout, n_inputs: int, epilogue: str):
     @pl.when(jnp.logical_not(core))
     def _zero():
         out_ref[pl.ds(start, block), :] = jnp.zeros((block, cout), out_ref.dtype)
+
+
+def check_residual(epilogue: str, residual: jax.Array | None) -> None:
+    """Raises ValueError unless a residual comes with the "bias_residual_leaky" epilogue, and only with it."""
+    if (residual is not None) != (epilogue == "bias_residual_leaky"):
+        raise ValueError(f"a residual goes with the 'bias_residual_leaky' epilogue only, got epilogue {epilogue!r}")
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["buffer"], meta_fields=["slots"])
@@ -233,6 +241,7 @@ def conv(
     epilogue: str,
     extra: str | jax.Array | None = None,
     transpose: bool = False,
+    residual: jax.Array | None = None,
 ) -> jax.Array:
     """sum_i conv3x3(inputs[i], kernels[i]) then the epilogue, flat in and out; with ``transpose`` the transposed
     convolutions (the gradients of conv3x3 with respect to its input).
@@ -243,14 +252,20 @@ def conv(
       kernels: names in ``pack`` of HWIO kernels (9, c_i, cout), one an input (taps in `FlatLayout.offset`'s order);
         with ``transpose``, of kernels (9, cout, c_i) whose transposed convolution is computed (taps reversed, the
         channel axes swapped): a DenseBlock's input gradients from its forward kernels.
-      epilogue: "bias" (+ the (cout,) bias named `extra` in ``pack``), "bias_leaky" (then LeakyReLU), "leaky_grad"
-        (multiply by LeakyReLU's slope where the flat array `extra`, the activation's output, is negative) or "none".
+      epilogue: "bias" (+ the (cout,) bias named `extra` in ``pack``), "bias_leaky" (then LeakyReLU),
+        "bias_residual_leaky" (the bias, then + the flat array ``residual``, then LeakyReLU), "leaky_grad" (multiply
+        by LeakyReLU's slope where the flat array `extra`, the activation's output, is negative) or "none".
+
+    Raises:
+      ValueError: for a ``residual`` with another epilogue than "bias_residual_leaky", or that one without it.
     """
+    check_residual(epilogue, residual)
     # the Pallas kernel's layout: per tap a (cout, c_i) matrix, both operands contiguous along the summed channels
     matrices = [pack[k][::-1] if transpose else jnp.swapaxes(pack[k], 1, 2) for k in kernels]
     cout = matrices[0].shape[1]
     operands = [*inputs, *(m.reshape(9 * cout, -1) for m in matrices)]
     operands += [pack[extra]] if epilogue in BIAS_EPILOGUES else [] if extra is None else [extra]
+    operands += [] if residual is None else [residual]
     kernel = functools.partial(_conv_kernel, layout=layout, n_inputs=len(inputs), epilogue=epilogue)
     out_shape = jax.ShapeDtypeStruct((layout.rows, cout), inputs[0].dtype)
     name = f"dense_conv_{epilogue}_{layout.h}x{layout.w}"  # names the Triton kernel in profiles

@@ -38,11 +38,16 @@ def _forward(layout, ops, x, pack, units):
     """The block's output and what its backward reads: the convolutions' inputs (as they read them), in order."""
     inputs = [ops.operand(x)]
     h = ops.conv(inputs[:1], pack, ["w0.0"], layout, "bias", "b0")
+    last_input = None  # conv_out's: LeakyReLU(h), as the kernels take it
     for i in range(units):
+        a, b = 2 * i + 1, 2 * i + 2
         inputs.append(ops.operand(h))
-        inputs.append(ops.conv(inputs[-1:], pack, [f"w{2 * i + 1}.0"], layout, "bias_leaky", f"b{2 * i + 1}"))
-        h = h + ops.conv(inputs[-1:], pack, [f"w{2 * i + 2}.0"], layout, "bias", f"b{2 * i + 2}")
-    inputs.append(ops.operand(jax.nn.leaky_relu(h, SLOPE)))
+        inputs.append(ops.conv(inputs[-1:], pack, [f"w{a}.0"], layout, "bias_leaky", f"b{a}"))
+        if i < units - 1:
+            h = h + ops.conv(inputs[-1:], pack, [f"w{b}.0"], layout, "bias", f"b{b}")
+        else:  # the last sum and LeakyReLU in conv_b's epilogue
+            last_input = ops.conv(inputs[-1:], pack, [f"w{b}.0"], layout, "bias_residual_leaky", f"b{b}", residual=h)
+    inputs.append(ops.operand(jax.nn.leaky_relu(h, SLOPE)) if last_input is None else last_input)
     last = 2 * units + 1
     return ops.conv(inputs[-1:], pack, [f"w{last}.0"], layout, "bias", f"b{last}"), inputs
 

@@ -107,7 +107,14 @@ def operand(a: jax.Array, dtype) -> jax.Array:
 @pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-3), (jnp.bfloat16, 1e-2)])
 @pytest.mark.parametrize(  # the forward convolutions with their epilogues, the transposed ones with theirs
     "epilogue, transpose",
-    [("bias", False), ("bias_leaky", False), ("none", False), ("none", True), ("leaky_grad", True)],
+    [
+        ("bias", False),
+        ("bias_leaky", False),
+        ("bias_residual_leaky", False),
+        ("none", False),
+        ("none", True),
+        ("leaky_grad", True),
+    ],
 )
 @pytest.mark.parametrize("cout", [16, 32, 48])  # one product's N: 16, 32 or 48 (IRRM-L's and IRN x4's 45 padded)
 # rows up to 96 pixels: flat ranges (one block or several); wider: line tiles staged by the TMA (one 64-pixel
@@ -127,16 +134,16 @@ def test_conv_matches_xla(shape, cout, epilogue, transpose, dtype, tolerance):
     hwio = [k[::-1, ::-1].swapaxes(2, 3) if transpose else k for k in ks]
     with jax.default_matmul_precision("highest"):
         ref = conv3x3(jnp.concatenate(xs, -1), jnp.concatenate(hwio, 2), jnp.float32)
-    ref = ref + bias if epilogue in ("bias", "bias_leaky") else ref
-    if epilogue == "bias_leaky":
+    ref = ref + bias if epilogue in dk.BIAS_EPILOGUES else ref
+    ref = ref + act if epilogue == "bias_residual_leaky" else ref  # the residual
+    if epilogue in ("bias_leaky", "bias_residual_leaky"):
         ref = jax.nn.leaky_relu(ref, dk.SLOPE)
     if epilogue == "leaky_grad":
         ref = jnp.where(act >= 0, ref, dk.SLOPE * ref)
     kernels = [k.reshape(9, *k.shape[2:]).astype(dtype) for k in ks]
     pack = kernel_pack({"k0": kernels[0], "bias": bias.astype(dtype), "k1": kernels[1], "k2": kernels[2]})
-    extra = {"bias": "bias", "bias_leaky": "bias", "none": None}.get(
-        epilogue, dk.to_flat(act.astype(dtype), layout, cout)
-    )
+    flat_act = dk.to_flat(act.astype(dtype), layout, cout)
+    extra = {"none": None, "leaky_grad": flat_act}.get(epilogue, "bias")
     flat = cuda_kernels.conv(
         [dk.to_flat(x.astype(dtype), layout, c) for x, c in zip(xs, channels, strict=True)],
         pack,
@@ -145,12 +152,13 @@ def test_conv_matches_xla(shape, cout, epilogue, transpose, dtype, tolerance):
         epilogue,
         extra,
         transpose,
+        flat_act if epilogue == "bias_residual_leaky" else None,
     )
     out = dk.from_flat(flat, layout, cout).astype(jnp.float32)
     assert float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref)) < tolerance
     keep = np.asarray(dk.interior(layout, jnp.arange(layout.rows)))
     assert not np.any(np.asarray(flat.astype(jnp.float32))[~keep]), "zero outside the pixels, margins included"
-    if dtype == jnp.float32 and epilogue in ("bias_leaky", "leaky_grad"):
+    if dtype == jnp.float32 and epilogue in ("bias_leaky", "bias_residual_leaky", "leaky_grad"):
         np.testing.assert_array_equal(flat, cuda_kernels.round_to_tf32(flat))
 
 

@@ -52,16 +52,18 @@ def test_weight_pack_holds_its_arrays_one_after_another():
     assert len(leaves) == 1 and jax.tree.unflatten(treedef, leaves).slots == pack.slots, "a pytree of one array"
 
 
-@pytest.mark.parametrize("epilogue", ["bias", "bias_leaky", "none"])
+@pytest.mark.parametrize("epilogue", ["bias", "bias_leaky", "bias_residual_leaky", "none"])
 def test_conv_of_two_inputs_matches_xla(epilogue):
-    """conv(inputs, kernels) is the convolution of the concatenated inputs, then bias and LeakyReLU."""
+    """conv(inputs, kernels) is the convolution of the concatenated inputs, then bias (a residual) and LeakyReLU."""
     layout = dk.FlatLayout(2, 6, 5, block=16)
-    a, b = normal(2, 6, 5, 16), normal(2, 6, 5, 32)
+    a, b, residual = normal(2, 6, 5, 16), normal(2, 6, 5, 32), normal(2, 6, 5, 16)
     ka, kb, bias = normal(3, 3, 16, 16), normal(3, 3, 32, 16), normal(16)
     ref = conv3x3(jnp.concatenate([a, b], -1), jnp.concatenate([ka, kb], 2), jnp.float32)
     if epilogue != "none":
         ref = ref + bias
-    if epilogue == "bias_leaky":
+    if epilogue == "bias_residual_leaky":
+        ref = ref + residual
+    if epilogue in ("bias_leaky", "bias_residual_leaky"):
         ref = jax.nn.leaky_relu(ref, dk.SLOPE)
     pack = dk.WeightPack.of({"a": ka.reshape(9, 16, 16), "bias": bias, "b": kb.reshape(9, 32, 16)})  # bias between
     flat = dk.conv(
@@ -71,10 +73,21 @@ def test_conv_of_two_inputs_matches_xla(epilogue):
         layout,
         epilogue,
         None if epilogue == "none" else "bias",
+        residual=dk.to_flat(residual, layout, 16) if epilogue == "bias_residual_leaky" else None,
     )
     chex.assert_trees_all_close(dk.from_flat(flat, layout, 16), ref, atol=1e-4, rtol=1e-5)
     keep = np.asarray(dk.interior(layout, jnp.arange(layout.rows)))
     assert not np.any(np.asarray(flat)[~keep]), "the output stays zero outside the pixels"
+
+
+def test_a_residual_goes_with_its_epilogue_only():
+    layout = dk.FlatLayout(1, 4, 4, block=16)
+    x = dk.to_flat(normal(1, 4, 4, 16), layout, 16)
+    pack = dk.WeightPack.of({"k": normal(9, 16, 16), "bias": normal(16)})
+    with pytest.raises(ValueError, match="a residual goes with the 'bias_residual_leaky' epilogue only"):
+        dk.conv([x], pack, ["k"], layout, "bias_leaky", "bias", residual=x)
+    with pytest.raises(ValueError, match="got epilogue 'bias_residual_leaky'"):
+        dk.conv([x], pack, ["k"], layout, "bias_residual_leaky", "bias")
 
 
 def test_transposed_conv_is_the_input_gradient():
