@@ -159,28 +159,31 @@ def conv(
     extra: str | jax.Array | None = None,
     transpose: bool = False,
     residual: jax.Array | None = None,
-) -> jax.Array:
+    with_operand: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """`dense_kernels.conv`, computed by the CUDA kernel (see there for the arguments), which reads the kernels and
     the bias from the pack's buffer at their offsets. float32 inputs and kernels must be TF32 values
     (`tf32_operand`); the ``bias_leaky``, ``bias_residual_leaky`` and ``leaky_grad`` epilogues store TF32 values. A
     convolution reads each kernel's K-major copy ``name.t`` (9, cout, c) from the pack (`dense_kernels.pack_weights`
-    packs them for `CUDA`), a transposed convolution the kernels themselves.
+    packs them for `CUDA`), a transposed convolution the kernels themselves. ``with_operand`` (the "bias" epilogue):
+    also the output as the kernels take it, its TF32-rounded copy in float32, written by the same kernel.
 
     Raises:
-      ValueError: not on a GPU backend, a dtype other than bfloat16 and float32, or a residual without its epilogue
-        (or that epilogue without it).
+      ValueError: not on a GPU backend, a dtype other than bfloat16 and float32, or options that do not go with the
+        epilogue (`dense_kernels.check_options`).
       RuntimeError: the kernels could not be built (no nvcc, or a compile error).
     """
     if not computes(inputs[0].dtype):
-        return dense_kernels.conv(inputs, pack, kernels, layout, epilogue, extra, transpose, residual)
-    dense_kernels.check_residual(epilogue, residual)
+        out = dense_kernels.conv(inputs, pack, kernels, layout, epilogue, extra, transpose, residual)
+        return (out, tf32_operand(out)) if with_operand else out
+    dense_kernels.check_options(epilogue, residual, with_operand)
+    copy = with_operand and inputs[0].dtype == jnp.float32  # bfloat16 outputs are their own operands
     cout = pack.slot(kernels[0])[1][1 if transpose else 2]
     bias = epilogue in dense_kernels.BIAS_EPILOGUES
     kmajor = kernels if transpose else [f"{k}.t" for k in kernels]  # (9, cout, c) either way
-    call = jax.ffi.ffi_call(
-        "irrm_dense_conv", jax.ShapeDtypeStruct((layout.rows, cout), inputs[0].dtype), vmap_method=VMAP_METHOD
-    )
-    return call(
+    out_type = jax.ShapeDtypeStruct((layout.rows, cout), inputs[0].dtype)
+    call = jax.ffi.ffi_call("irrm_dense_conv", (out_type, out_type) if copy else out_type, vmap_method=VMAP_METHOD)
+    out = call(
         *inputs,
         pack.buffer,
         *([extra] if epilogue == "leaky_grad" else []),
@@ -192,6 +195,9 @@ def conv(
         bias_offset=np.int64(pack.slot(extra)[0] if bias else -1),
         transpose=bool(transpose),
     )
+    if copy:
+        return tuple(out)
+    return (out, out) if with_operand else out
 
 
 def weight_grads(

@@ -15,6 +15,9 @@
 // round their float32 outputs to TF32 (only these kernels read them).
 #include <cudaTypedefs.h>
 
+#include <algorithm>
+#include <optional>
+
 #include "dense_cuda.cuh"
 
 namespace {
@@ -34,6 +37,7 @@ struct Params {
   const char* extra;     // bias (cout,) or the activation (rows, cout) for kLeakyGrad
   const char* residual;  // kBiasResidualLeaky's (rows, cout)
   char* out;             // (rows, cout)
+  char* out_tf32;        // kBias in float32: a copy of out rounded to TF32 (the next convolution's input), or null
   long long x_step[kMaxInputs], w_step[kMaxInputs], extra_step, residual_step, out_step;  // member steps (dense_cuda.cuh)
   long long rows, margin;
   int lines, h2, w2, cout;  // lines = n * (h + 2); h2 = h + 2; w2 = w + 2
@@ -97,19 +101,20 @@ __device__ __forceinline__ void zero_accumulators(float (&acc)[M][J][4]) {
 }
 
 // A margin block's work (blocks p.blocks to p.blocks + kZeroBlocks - 1 of a call): zero its share of the rows outside
-// the image lines, [0, zero_head) and [zero_tail, rows).
+// the image lines, [0, zero_head) and [zero_tail, rows), of the output and of its TF32 copy if any.
 template <typename T>
 __device__ __forceinline__ void zero_margins(const Params& p) {
   const long long row_bytes = (long long)p.cout * sizeof(T);
   const long long head = p.zero_head * row_bytes / 16, tail = (p.rows - p.zero_tail) * row_bytes / 16;
-  for (int member = 0; member < p.members; ++member) {
-    char* member_out = p.out + member * p.out_step;
-    int4* out = reinterpret_cast<int4*>(member_out);
-    int4* out_tail = reinterpret_cast<int4*>(member_out + p.zero_tail * row_bytes);
-    for (long long i = (blockIdx.x - p.blocks) * blockDim.x + threadIdx.x; i < head + tail;
-         i += (long long)kZeroBlocks * blockDim.x)
-      (i < head ? out[i] : out_tail[i - head]) = make_int4(0, 0, 0, 0);
-  }
+  for (int copy = 0; copy < (p.out_tf32 != nullptr ? 2 : 1); ++copy)
+    for (int member = 0; member < p.members; ++member) {
+      char* member_out = (copy ? p.out_tf32 : p.out) + member * p.out_step;
+      int4* out = reinterpret_cast<int4*>(member_out);
+      int4* out_tail = reinterpret_cast<int4*>(member_out + p.zero_tail * row_bytes);
+      for (long long i = (blockIdx.x - p.blocks) * blockDim.x + threadIdx.x; i < head + tail;
+           i += (long long)kZeroBlocks * blockDim.x)
+        (i < head ? out[i] : out_tail[i - head]) = make_int4(0, 0, 0, 0);
+    }
 }
 
 // The kernel. A block of kWarpgroups warpgroups computes NT outputs (16, 32 or 48: one product's N) of a tile:
@@ -250,6 +255,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
     const int line0 = at.line0, col0 = at.col0, n0 = at.n0, member = at.member;
     const long long r0 = at.r0;
     T* out = reinterpret_cast<T*>(p.out + member * p.out_step);
+    T* out_tf32 = reinterpret_cast<T*>(p.out_tf32 + member * p.out_step);
     const T* extra = reinterpret_cast<const T*>(p.extra + member * p.extra_step);
     const T* residual = reinterpret_cast<const T*>(p.residual + member * p.residual_step);
     float acc[kTiles][NT / 8][4];
@@ -347,6 +353,8 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
               if (!inside) v[e] = 0.f;
             }
             store_pair(out + row * p.cout + n0 + j * 8 + 2 * (lane & 3), v[0], v[1]);
+            if (EPI == kBias && sizeof(T) == 4 && p.out_tf32 != nullptr)
+              store_pair(out_tf32 + row * p.cout + n0 + j * 8 + 2 * (lane & 3), to_tf32(v[0]), to_tf32(v[1]));
           }
         }
     }
@@ -441,9 +449,10 @@ cudaError_t launch_conv(const Params& p, int epilogue, bool transpose, cudaStrea
   return launch_direction<T, 16>(p, epilogue, transpose, stream);
 }
 
-ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Result<ffi::AnyBuffer> out, int64_t n,
-                         int64_t h, int64_t w, int64_t margin, int64_t n_inputs, int64_t epilogue,
-                         ffi::Span<const int64_t> kernel_offsets, int64_t bias_offset, bool transpose) {
+ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Result<ffi::AnyBuffer> out,
+                         std::optional<ffi::Result<ffi::AnyBuffer>> out_tf32, int64_t n, int64_t h, int64_t w,
+                         int64_t margin, int64_t n_inputs, int64_t epilogue, ffi::Span<const int64_t> kernel_offsets,
+                         int64_t bias_offset, bool transpose) {
   if (n_inputs < 1 || n_inputs > kMaxInputs) return ffi::Error::InvalidArgument("dense_conv: 1 to 8 inputs");
   if (epilogue < kNone || epilogue > kBiasResidualLeaky)
     return ffi::Error::InvalidArgument("dense_conv: unknown epilogue");
@@ -512,6 +521,13 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
     return ffi::Error::InvalidArgument("dense_conv: operands batched over one leading axis (vmap) at most");
   p.n_inputs = (int)n_inputs;
   p.out = static_cast<char*>(out->untyped_data());
+  if (out_tf32.has_value()) {  // the output's TF32 copy: kBias in float32 only, the output's shape
+    const ffi::AnyBuffer::Dimensions a = (*out_tf32)->dimensions(), b = out->dimensions();
+    if (epilogue != kBias || dtype != ffi::DataType::F32 || (*out_tf32)->element_type() != dtype ||
+        !std::equal(a.begin(), a.end(), b.begin(), b.end()))
+      return ffi::Error::InvalidArgument("dense_conv: a TF32 copy goes with float32 outputs of the bias epilogue");
+    p.out_tf32 = static_cast<char*>((*out_tf32)->untyped_data());
+  }
   p.margin = margin;
   p.h2 = (int)h + 2;
   p.w2 = (int)w + 2;
@@ -532,6 +548,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IrrmDenseConv, DenseConvImpl,
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
                                   .RemainingArgs()
                                   .Ret<ffi::AnyBuffer>()
+                                  .OptionalRet<ffi::AnyBuffer>()  // the output's TF32 copy (kBias, float32)
                                   .Attr<int64_t>("n")
                                   .Attr<int64_t>("h")
                                   .Attr<int64_t>("w")

@@ -185,10 +185,13 @@ def _conv_kernel(*refs, layout: FlatLayout, n_inputs: int, epilogue: str):
         out_ref[pl.ds(start, block), :] = jnp.zeros((block, cout), out_ref.dtype)
 
 
-def check_residual(epilogue: str, residual: jax.Array | None) -> None:
-    """Raises ValueError unless a residual comes with the "bias_residual_leaky" epilogue, and only with it."""
+def check_options(epilogue: str, residual: jax.Array | None, with_operand: bool) -> None:
+    """Raises ValueError unless a residual comes with the "bias_residual_leaky" epilogue (and only with it), and
+    ``with_operand`` with "bias"."""
     if (residual is not None) != (epilogue == "bias_residual_leaky"):
         raise ValueError(f"a residual goes with the 'bias_residual_leaky' epilogue only, got epilogue {epilogue!r}")
+    if with_operand and epilogue != "bias":
+        raise ValueError(f"with_operand goes with the 'bias' epilogue, got {epilogue!r}")
 
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["buffer"], meta_fields=["slots"])
@@ -242,9 +245,11 @@ def conv(
     extra: str | jax.Array | None = None,
     transpose: bool = False,
     residual: jax.Array | None = None,
-) -> jax.Array:
+    with_operand: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
     """sum_i conv3x3(inputs[i], kernels[i]) then the epilogue, flat in and out; with ``transpose`` the transposed
-    convolutions (the gradients of conv3x3 with respect to its input).
+    convolutions (the gradients of conv3x3 with respect to its input). ``with_operand``: also the output as the
+    kernels take it as an input (the same array here; `irrm_jax.cuda_kernels.conv` writes a TF32 copy).
 
     Args:
       inputs: flat arrays (rows, c_i), zero outside the pixels.
@@ -257,9 +262,9 @@ def conv(
         by LeakyReLU's slope where the flat array `extra`, the activation's output, is negative) or "none".
 
     Raises:
-      ValueError: for a ``residual`` with another epilogue than "bias_residual_leaky", or that one without it.
+      ValueError: for options that do not go with the epilogue (`check_options`).
     """
-    check_residual(epilogue, residual)
+    check_options(epilogue, residual, with_operand)
     # the Pallas kernel's layout: per tap a (cout, c_i) matrix, both operands contiguous along the summed channels
     matrices = [pack[k][::-1] if transpose else jnp.swapaxes(pack[k], 1, 2) for k in kernels]
     cout = matrices[0].shape[1]
@@ -269,7 +274,8 @@ def conv(
     kernel = functools.partial(_conv_kernel, layout=layout, n_inputs=len(inputs), epilogue=epilogue)
     out_shape = jax.ShapeDtypeStruct((layout.rows, cout), inputs[0].dtype)
     name = f"dense_conv_{epilogue}_{layout.h}x{layout.w}"  # names the Triton kernel in profiles
-    return _pallas(kernel, name, out_shape, (layout.total_blocks,), len(operands))(*operands)
+    out = _pallas(kernel, name, out_shape, (layout.total_blocks,), len(operands))(*operands)
+    return (out, out) if with_operand else out
 
 
 def _weight_grad_kernel(*refs, layout: FlatLayout, n_inputs: int):

@@ -37,11 +37,11 @@ from irrm_jax.dense_kernels import (
 def _forward(layout, ops, x, pack, units):
     """The block's output and what its backward reads: the convolutions' inputs (as they read them), in order."""
     inputs = [ops.operand(x)]
-    h = ops.conv(inputs[:1], pack, ["w0.0"], layout, "bias", "b0")
+    h, h_operand = ops.conv(inputs[:1], pack, ["w0.0"], layout, "bias", "b0", with_operand=True)
     last_input = None  # conv_out's: LeakyReLU(h), as the kernels take it
     for i in range(units):
         a, b = 2 * i + 1, 2 * i + 2
-        inputs.append(ops.operand(h))
+        inputs.append(h_operand if i == 0 else ops.operand(h))
         inputs.append(ops.conv(inputs[-1:], pack, [f"w{a}.0"], layout, "bias_leaky", f"b{a}"))
         if i < units - 1:
             h = h + ops.conv(inputs[-1:], pack, [f"w{b}.0"], layout, "bias", f"b{b}")

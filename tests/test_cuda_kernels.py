@@ -163,6 +163,29 @@ def test_conv_matches_xla(shape, cout, epilogue, transpose, dtype, tolerance):
 
 
 @needs_gpu
+@pytest.mark.parametrize("shape", [(2, 8, 62), (2, 17, 130)])  # flat ranges, line tiles
+def test_a_bias_convolution_writes_its_tf32_copy_beside_it(shape):
+    """``with_operand``: the float32 output and, from the same kernel, its TF32 rounding (the next convolution's
+    input); vmapped, each member's."""
+    layout = dk.FlatLayout(*shape)
+    x = dk.to_flat(operand(normal(*shape, 32), jnp.float32), layout, 32)
+    pack = kernel_pack({"k": operand(normal(9, 32, 48, scale=0.1), jnp.float32), "bias": normal(48)})
+
+    def conv(x, **options):
+        return cuda_kernels.conv([x], pack, ["k"], layout, "bias", "bias", **options)
+
+    out, copy = conv(x, with_operand=True)
+    chex.assert_trees_all_equal(out, conv(x))
+    chex.assert_trees_all_equal(copy, cuda_kernels.round_to_tf32(out))
+    assert float(jnp.max(jnp.abs(copy - out))) > 0, "the copy is rounded"
+    keep = np.asarray(dk.interior(layout, jnp.arange(layout.rows)))
+    assert not np.any(np.asarray(copy)[~keep]), "the copy is zero outside the pixels too, margins included"
+    outs, copies = jax.vmap(lambda x: conv(x, with_operand=True))(jnp.stack([x, 2 * x]))
+    chex.assert_trees_all_equal(copies[1], cuda_kernels.round_to_tf32(conv(2 * x)))
+    chex.assert_trees_all_equal(outs[0], out)
+
+
+@needs_gpu
 @pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-4), (jnp.bfloat16, 1e-2)])
 @pytest.mark.parametrize("cout", [16, 32, 48, 64])
 @pytest.mark.parametrize("shape", [(2, 8, 62), (1, 9, 13), (2, 5, 76)])  # tile lines of 64, 48 and 80 pixels

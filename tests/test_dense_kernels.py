@@ -80,7 +80,7 @@ def test_conv_of_two_inputs_matches_xla(epilogue):
     assert not np.any(np.asarray(flat)[~keep]), "the output stays zero outside the pixels"
 
 
-def test_a_residual_goes_with_its_epilogue_only():
+def test_a_residual_and_with_operand_go_with_their_epilogues_only():
     layout = dk.FlatLayout(1, 4, 4, block=16)
     x = dk.to_flat(normal(1, 4, 4, 16), layout, 16)
     pack = dk.WeightPack.of({"k": normal(9, 16, 16), "bias": normal(16)})
@@ -88,6 +88,10 @@ def test_a_residual_goes_with_its_epilogue_only():
         dk.conv([x], pack, ["k"], layout, "bias_leaky", "bias", residual=x)
     with pytest.raises(ValueError, match="got epilogue 'bias_residual_leaky'"):
         dk.conv([x], pack, ["k"], layout, "bias_residual_leaky", "bias")
+    with pytest.raises(ValueError, match="with_operand goes with the 'bias' epilogue"):
+        dk.conv([x], pack, ["k"], layout, "bias_leaky", "bias", with_operand=True)
+    out, operand = dk.conv([x], pack, ["k"], layout, "bias", "bias", with_operand=True)
+    assert operand is out, "Pallas' operands are the values as they are"
 
 
 def test_transposed_conv_is_the_input_gradient():
