@@ -38,7 +38,8 @@ struct Params {
   const char* residual;  // kBiasResidualLeaky's (rows, cout)
   char* out;             // (rows, cout)
   char* out_tf32;        // kBias in float32: a copy of out rounded to TF32 (the next convolution's input), or null
-  long long x_step[kMaxInputs], w_step[kMaxInputs], extra_step, residual_step, out_step;  // member steps (dense_cuda.cuh)
+  // member steps (dense_cuda.cuh)
+  long long x_step[kMaxInputs], w_step[kMaxInputs], extra_step, residual_step, out_step;
   long long rows, margin;
   int lines, h2, w2, cout;  // lines = n * (h + 2); h2 = h + 2; w2 = w + 2
   int col_tiles;                   // wide rows: 64-pixel tiles a line
@@ -287,8 +288,9 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
 
     // Epilogue: accumulator element q of (m, j) is row 16 * warp + lane / 4 + 8 * (q / 2) of the warpgroup's m64 tile
     // m, channel j * 8 + 2 * (lane % 4) + q % 2. The epilogue's operands are loaded before the stores (a store may
-    // alias them as far as the compiler knows, and a load after it would wait for it): all at once, or (kLeakyGrad's
-    // activations or the residual beside 4 x 48 sums, more than the registers hold) half the tiles at a time.
+    // alias them as far as the compiler knows, and a load after it would wait for it): all at once, or, where a flat
+    // operand beside 4 x 48 sums is more than the registers hold, half the tiles (kLeakyGrad's activations) or one
+    // tile (the residual, beside its bias) at a time.
     // the flat row of the elements (m, half) of this lane, whether it is inside the image, and whether it is written
     // (within the image lines; wide: also within the row)
     auto place = [&](int m, int half, long long& row, bool& inside) {
