@@ -507,6 +507,40 @@ def checked_pack(pack: WeightPack, build: Callable, kernels: Sequence, biases: S
     return pack
 
 
+def block_pack(flat_weights: Callable, kernels: Sequence, biases: Sequence, dtype, cuda: bool = False) -> WeightPack:
+    """A kernel block's weight pack: its kernels and biases as ``flat_weights(kernels, biases, dtype, ops)`` lays
+    them out for its flat function, packed as the kernels read them (`pack_weights`)."""
+    ops = kernel_ops(cuda)
+    return pack_weights(ops, *flat_weights(kernels, biases, dtype, ops))
+
+
+def kernel_block(x, kernels, biases, dtype, cuda, pack, *, flat_weights, flat_block, packed_forward) -> jax.Array:
+    """x (n, h, w, c_in) through a kernel block, returned as (n, h, w, features): on the flat layout,
+    ``flat_block(layout, ops, x_flat, flat_kernels, flat_biases)`` (the block's differentiable function, which packs
+    its weights), or ``packed_forward(layout, ops, x_flat, pack)`` from a ``pack`` made once (`block_pack` with
+    ``flat_weights``). Under an abstract mesh with a 'data' axis, on each device's part of the batch.
+
+    Raises:
+      ValueError: for a pack that does not fit (`checked_pack`).
+    """
+    if pack is not None:
+        build = functools.partial(block_pack, flat_weights, dtype=dtype, cuda=cuda)
+        pack = checked_pack(pack, build, kernels, biases)
+
+    def on_device(x, kernels, biases, pack=None):
+        n, h, w, c_in = x.shape
+        layout = FlatLayout(n, h, w, BLOCK_ROWS)
+        ops = kernel_ops(cuda)
+        x_flat = to_flat(x.astype(dtype), layout, ops.channels(c_in, dtype))
+        if pack is None:
+            out = flat_block(layout, ops, x_flat, *flat_weights(kernels, biases, dtype, ops))
+        else:
+            out = packed_forward(layout, ops, x_flat, pack)
+        return from_flat(out, layout, kernels[-1].shape[-1])
+
+    return per_device(on_device, x, kernels, biases, *([] if pack is None else [pack]))
+
+
 def dense_block(
     x: jax.Array,
     kernels: Sequence[jax.Array],
@@ -528,19 +562,25 @@ def dense_block(
     growth = kernels[0].shape[-1]
     if growth != padded_channels(growth):
         raise ValueError(f"dense_pallas needs a growth that is a power of two >= 16, got {growth}.")
-    block = functools.partial(_dense_block_on_device, dtype=dtype, cuda=cuda)
-    if pack is None:
-        return per_device(block, x, kernels, biases)
-    build = functools.partial(dense_block_pack, dtype=dtype, cuda=cuda)
-    return per_device(block, x, kernels, biases, checked_pack(pack, build, kernels, biases))
+    layers = len(kernels)
+    return kernel_block(
+        x,
+        kernels,
+        biases,
+        dtype,
+        cuda,
+        pack,
+        flat_weights=_flat_weights,
+        flat_block=dense_block_flat,
+        packed_forward=lambda layout, ops, x, pack: _forward(layout, ops, x, pack, layers)[-1],
+    )
 
 
 def dense_block_pack(
     kernels: Sequence[jax.Array], biases: Sequence[jax.Array], dtype, cuda: bool = False
 ) -> WeightPack:
     """The weight pack `dense_block` makes of these kernels and biases at every call, made once for its ``pack``."""
-    ops = kernel_ops(cuda)
-    return pack_weights(ops, *_flat_weights(kernels, biases, dtype, ops))
+    return block_pack(_flat_weights, kernels, biases, dtype, cuda)
 
 
 def _flat_weights(kernels, biases, dtype, ops):
@@ -553,15 +593,3 @@ def _flat_weights(kernels, biases, dtype, ops):
         for k, kernel in enumerate(kernels)
     )
     return flat, tuple(flat_bias(b, c_out if k == last else growth, dtype) for k, b in enumerate(biases))
-
-
-def _dense_block_on_device(x, kernels, biases, pack=None, *, dtype, cuda):
-    n, h, w, c_in = x.shape
-    layout = FlatLayout(n, h, w, BLOCK_ROWS)
-    ops = kernel_ops(cuda)
-    x_flat = to_flat(x.astype(dtype), layout, ops.channels(c_in, dtype))
-    if pack is None:
-        out = dense_block_flat(layout, ops, x_flat, *_flat_weights(kernels, biases, dtype, ops))
-    else:
-        out = _forward(layout, ops, x_flat, pack, len(kernels))[-1]
-    return from_flat(out, layout, kernels[-1].shape[-1])

@@ -19,20 +19,16 @@ from collections.abc import Sequence
 import jax
 
 from irrm_jax.dense_kernels import (
-    BLOCK_ROWS,
     SLOPE,
     FlatLayout,
     Ops,
     WeightPack,
-    checked_pack,
+    block_pack,
     flat_bias,
     flat_kernels,
-    from_flat,
-    kernel_ops,
+    kernel_block,
     layer_grads,
     pack_weights,
-    per_device,
-    to_flat,
 )
 
 
@@ -106,19 +102,25 @@ def enhanced_block(
     Raises:
       ValueError: for a pack that does not fit.
     """
-    block = functools.partial(_enhanced_block_on_device, dtype=dtype, cuda=cuda)
-    if pack is None:
-        return per_device(block, x, kernels, biases)
-    build = functools.partial(enhanced_block_pack, dtype=dtype, cuda=cuda)
-    return per_device(block, x, kernels, biases, checked_pack(pack, build, kernels, biases))
+    units = (len(kernels) - 2) // 2
+    return kernel_block(
+        x,
+        kernels,
+        biases,
+        dtype,
+        cuda,
+        pack,
+        flat_weights=_flat_weights,
+        flat_block=enhanced_block_flat,
+        packed_forward=lambda layout, ops, x, pack: _forward(layout, ops, x, pack, units)[0],
+    )
 
 
 def enhanced_block_pack(
     kernels: Sequence[jax.Array], biases: Sequence[jax.Array], dtype, cuda: bool = False
 ) -> WeightPack:
     """The weight pack `enhanced_block` makes of these kernels and biases at every call, made once for its ``pack``."""
-    ops = kernel_ops(cuda)
-    return pack_weights(ops, *_flat_weights(kernels, biases, dtype, ops))
+    return block_pack(_flat_weights, kernels, biases, dtype, cuda)
 
 
 def _flat_weights(kernels, biases, dtype, ops):
@@ -129,15 +131,3 @@ def _flat_weights(kernels, biases, dtype, ops):
     outs = [c_w] * (len(kernels) - 1) + [c_out]
     flat = tuple(flat_kernels(k, [c], [p], cout, dtype) for k, (c, p), cout in zip(kernels, ins, outs, strict=True))
     return flat, tuple(flat_bias(b, cout, dtype) for b, cout in zip(biases, outs, strict=True))
-
-
-def _enhanced_block_on_device(x, kernels, biases, pack=None, *, dtype, cuda):
-    n, h, w, c_in = x.shape
-    ops = kernel_ops(cuda)
-    layout = FlatLayout(n, h, w, BLOCK_ROWS)
-    x_flat = to_flat(x.astype(dtype), layout, ops.channels(c_in, dtype))
-    if pack is None:
-        out = enhanced_block_flat(layout, ops, x_flat, *_flat_weights(kernels, biases, dtype, ops))
-    else:
-        out = _forward(layout, ops, x_flat, pack, (len(kernels) - 2) // 2)[0]
-    return from_flat(out, layout, kernels[-1].shape[-1])
