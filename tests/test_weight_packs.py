@@ -12,7 +12,10 @@ from irrm_jax import dense_kernels as dk
 from irrm_jax.models import build_model, with_weight_packs
 from irrm_jax.subnets import WEIGHT_PACKS, DenseBlock, EnhancedBlock
 from irrm_jax.verify import random_nonzero_params
+from tests.test_cuda_kernels import PALLAS_TRITON_DEPRECATED
 from tests.test_dense_kernels import assert_runs_per_device
+
+pytestmark = pytest.mark.filterwarnings(PALLAS_TRITON_DEPRECATED)  # on GPUs Pallas compiles with Triton
 
 X = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 5, 6, 3)), jnp.float32)
 BLOCKS = {
