@@ -256,7 +256,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
     const int line0 = at.line0, col0 = at.col0, n0 = at.n0, member = at.member;
     const long long r0 = at.r0;
     T* out = reinterpret_cast<T*>(p.out + member * p.out_step);
-    T* out_tf32 = reinterpret_cast<T*>(p.out_tf32 + member * p.out_step);
+    T* out_tf32 = p.out_tf32 == nullptr ? nullptr : reinterpret_cast<T*>(p.out_tf32 + member * p.out_step);
     const T* extra = reinterpret_cast<const T*>(p.extra + member * p.extra_step);
     const T* residual = reinterpret_cast<const T*>(p.residual + member * p.residual_step);
     float acc[kTiles][NT / 8][4];
@@ -355,7 +355,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
               if (!inside) v[e] = 0.f;
             }
             store_pair(out + row * p.cout + n0 + j * 8 + 2 * (lane & 3), v[0], v[1]);
-            if (EPI == kBias && sizeof(T) == 4 && p.out_tf32 != nullptr)
+            if (EPI == kBias && sizeof(T) == 4 && out_tf32 != nullptr)
               store_pair(out_tf32 + row * p.cout + n0 + j * 8 + 2 * (lane & 3), to_tf32(v[0]), to_tf32(v[1]));
           }
         }
