@@ -20,7 +20,8 @@ Variants (joined with '+'): plain (float32, TF32 convs on NVIDIA as cuDNN's defa
 sub-networks), pad8 (sub-network channels padded to multiples of 8), fuse (G and H evaluated together),
 outward (each new DenseBlock feature map convolved once into all later convs), pallas (the sub-networks, DenseBlocks
 or Enhanced Blocks, as Pallas GPU kernels, `irrm_jax.dense_kernels`), cuda (pallas with the kernels in CUDA,
-`irrm_jax.cuda_kernels`).
+`irrm_jax.cuda_kernels`), split (with cuda: IRRM's last residual unit as its two convolutions' kernels, not one
+kernel; for comparison).
 'plain' is the project's first version; every option is off in it. Prints a Markdown table and writes JSON;
 each phase (compiling, timing) is shown on stderr as it starts, with the seconds since the start.
 Timings: median over `--repeats` runs of `--steps` calls each, after a warm-up. Training step: compile time is
@@ -55,6 +56,7 @@ VARIANT_OPTIONS = {
     "outward": {"dense_outward": True},
     "pallas": {"dense_pallas": True},
     "cuda": {"dense_cuda": True},
+    "split": {"unit_kernel": False},
 }
 
 

@@ -39,7 +39,11 @@ from irrm_jax.dense_kernels import FlatLayout, WeightPack
 
 SOURCES = [Path(__file__).with_name(name) for name in ("dense_conv.cu", "dense_weight_grad.cu")]
 HEADERS = [Path(__file__).with_name("dense_cuda.cuh")]
-TARGETS = {"irrm_dense_conv": "IrrmDenseConv", "irrm_dense_weight_grad": "IrrmDenseWeightGrad"}  # FFI name: symbol
+TARGETS = {  # FFI name: symbol
+    "irrm_dense_conv": "IrrmDenseConv",
+    "irrm_residual_unit": "IrrmResidualUnit",
+    "irrm_dense_weight_grad": "IrrmDenseWeightGrad",
+}
 EPILOGUES = {"none": 0, "bias": 1, "bias_leaky": 2, "leaky_grad": 3, "bias_residual_leaky": 4}  # dense_conv.cu's
 # Kernel-gradient blocks a call, about: groups of rows = this / the inputs' 16-channel chunks (fewer where there are
 # fewer tiles). 256 summed the training step's layers faster than 128 or 512 on an H100, a call a layer and again with
@@ -200,6 +204,35 @@ def conv(
     return (out, out) if with_operand else out
 
 
+UNIT_WIDTHS = (32, 48)  # the residual unit's kernel: channels (dense_conv.cu's), rows wider than UNIT_MIN_WIDTH
+UNIT_MIN_WIDTH = 95
+
+
+def residual_unit(
+    h_operand: jax.Array, h: jax.Array, pack: WeightPack, layers: tuple[int, int], layout: FlatLayout
+) -> jax.Array:
+    """IRRM's residual unit, LeakyReLU(h + conv_b(LeakyReLU(conv_a(h)))) with the biases of layers ``layers`` = (a,
+    b) of the pack, on flat arrays: where the rows are wider than `UNIT_MIN_WIDTH` pixels and h has 32 or 48
+    channels, one kernel that keeps conv_a's output in shared memory (``dense_conv.cu``; the same values as the two
+    convolutions, bit for bit); elsewhere those two `conv` calls. ``h_operand`` is h as the kernels take it (its TF32
+    copy in float32).
+    """
+    a, b = layers
+    width = h.shape[-1]
+    if not computes(h.dtype) or width not in UNIT_WIDTHS or layout.w < UNIT_MIN_WIDTH:
+        hidden = conv([h_operand], pack, [f"w{a}.0"], layout, "bias_leaky", f"b{a}")
+        return conv([hidden], pack, [f"w{b}.0"], layout, "bias_residual_leaky", f"b{b}", residual=h)
+    call = jax.ffi.ffi_call("irrm_residual_unit", jax.ShapeDtypeStruct(h.shape, h.dtype), vmap_method=VMAP_METHOD)
+    return call(
+        h_operand,
+        h,
+        pack.buffer,
+        **_layout_attributes(layout),
+        kernel_offsets=np.array([pack.slot(f"w{k}.0.t")[0] for k in layers], np.int64),
+        bias_offsets=np.array([pack.slot(f"b{k}")[0] for k in layers], np.int64),
+    )
+
+
 def weight_grads(
     layers: Sequence[tuple[Sequence[jax.Array], jax.Array]], layout: FlatLayout
 ) -> list[tuple[tuple[jax.Array, ...], jax.Array]]:
@@ -260,4 +293,4 @@ def channels(c: int, dtype) -> int:
     return -(-c // 16) * 16 if computes(dtype) else dense_kernels.padded_channels(c)
 
 
-CUDA = dense_kernels.Ops(conv, weight_grads, tf32_operand, channels, kmajor_copies=True)
+CUDA = dense_kernels.Ops(conv, weight_grads, tf32_operand, channels, kmajor_copies=True, residual_unit=residual_unit)

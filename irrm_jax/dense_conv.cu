@@ -17,6 +17,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <type_traits>
 
 #include "dense_cuda.cuh"
 
@@ -36,6 +37,7 @@ struct Params {
   int n_inputs;
   const char* extra;     // bias (cout,) or the activation (rows, cout) for kLeakyGrad
   const char* residual;  // kBiasResidualLeaky's (rows, cout)
+  const char* unit_bias;  // the residual unit's second bias (conv_b's; conv_a's is extra)
   char* out;             // (rows, cout)
   char* out_tf32;        // kBias in float32: a copy of out rounded to TF32 (the next convolution's input), or null
   // member steps (dense_cuda.cuh)
@@ -363,10 +365,10 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
   }
 }
 
-// The tensor maps of a wide call's inputs: (members, lines, w2, c) from the first image line, boxes of kWideLines + 2
-// lines x kWideCols pixels x 32 bytes, the 32-byte swizzle, zeros outside (cuTensorMapEncodeTiled, from the driver).
+// The tensor maps of a wide call's inputs: (members, lines, w2, c) from the first image line, boxes of `box_lines`
+// lines x `box_cols` pixels x 32 bytes, the 32-byte swizzle, zeros outside (cuTensorMapEncodeTiled, from the driver).
 template <typename T>
-cudaError_t input_maps(const Params& p, InputMaps& maps) {
+cudaError_t input_maps(const Params& p, InputMaps& maps, int box_cols, int box_lines) {
   static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
   if (encode == nullptr) {
     cudaDriverEntryPointQueryResult found;
@@ -383,7 +385,8 @@ cudaError_t input_maps(const Params& p, InputMaps& maps) {
     const cuuint64_t dims[4] = {(cuuint64_t)p.c[i], (cuuint64_t)p.w2, (cuuint64_t)p.lines,
                                 p.x_step[i] ? (cuuint64_t)p.members : 1};
     const cuuint64_t strides[3] = {row, row * p.w2, p.x_step[i] ? (cuuint64_t)p.x_step[i] : image};
-    const cuuint32_t box[4] = {32 / sizeof(T), kWideCols, kWideLines + 2, 1}, unit[4] = {1, 1, 1, 1};
+    const cuuint32_t box[4] = {32 / sizeof(T), (cuuint32_t)box_cols, (cuuint32_t)box_lines, 1};
+    const cuuint32_t unit[4] = {1, 1, 1, 1};
     void* origin = const_cast<char*>(p.x[i] + p.margin * row);
     if (encode(&maps.x[i], type, 4, origin, dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
                CU_TENSOR_MAP_SWIZZLE_32B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) !=
@@ -405,7 +408,7 @@ cudaError_t launch(Params p, cudaStream_t stream) {
     p.col_tiles = (p.w2 + 63) / 64;
     p.tiles = (p.lines + kWideLines - 1) / kWideLines * p.col_tiles;
     int device, sms, resident;
-    err = input_maps<T>(p, maps);
+    err = input_maps<T>(p, maps, kWideCols, kWideLines + 2);
     if (err == cudaSuccess) err = cudaGetDevice(&device);
     if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
     if (err == cudaSuccess)
@@ -543,6 +546,340 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
   return ffi::Error::Success();
 }
 
+// IRRM's residual unit in one kernel (wide rows, forward; `cuda_kernels.residual_unit`): out = LeakyReLU(h + b_b +
+// conv_b(a)) with a = LeakyReLU(conv_a(h) + b_a), both convolutions W -> W (W = 32 or 48), where the two-kernel way
+// writes a to memory and reads it back. A block computes an item of kLines lines x 64 pixels of out: it stages h for
+// kLines + 4 lines x kUnitCols pixels (the two convolutions' halos) by the tensor memory accelerator, one 32-byte chunk
+// of channels a stage, computes a for the kLines + 2 lines x 66 pixels that conv_b reads (as flat rows of the staged
+// image, in m64 tiles: about 30-50% more of conv_a's products than its share), keeps a in shared memory (TF32 values
+// in float32, zero outside the image as the two-kernel way stores it), and computes conv_b from there. Each output's
+// sums are the same products in the same order as the two kernels', so the results are theirs bit for bit.
+// Stages (kUnitBuffers buffers, kUnitAhead ahead): conv_a's W / kc of h and conv_a's weights, then conv_b's weights
+// alone, carried on from one item to the next as in the line tiles. The tensor cores wait while a block stores a and
+// its outputs (one block an SM): in float32 the recomputed products nearly cancel the bytes saved
+// (benchmarks/NOTES.md).
+constexpr int kUnitCols = 64 + 4;
+constexpr int kUnitBuffers = 3;
+constexpr int kUnitAhead = 2;
+
+template <typename T, int W>
+struct Unit {
+  static constexpr int kc = 32 / sizeof(T), kChunks = W / kc;
+  // lines an item: as many as shared memory holds (3 buffers and a)
+  static constexpr int kLines = sizeof(T) == 4 ? (W == 32 ? 9 : 6) : (W == 32 ? 12 : 9);
+  static constexpr int kB = kLines / kWarpgroups;                                         // conv_b's tiles a warpgroup
+  static constexpr int kA = ((kLines + 2) * kUnitCols - 2 + 64 * kWarpgroups - 1) / (64 * kWarpgroups);  // conv_a's
+  static constexpr int kHiddenRows = kWarpgroups * kA * 64;  // a, from the staged image's row kUnitCols + 1 on
+  static constexpr int kInputRows = kHiddenRows + 2 * (kUnitCols + 1);  // the rows conv_a's taps read
+  static constexpr int kBoxBytes = (kLines + 4) * kUnitCols * kRowBytes;  // of them, those the box copy fills
+  static constexpr int kInputBytes = (kInputRows * kRowBytes + 1023) / 1024 * 1024;
+  static constexpr int kStageBytes = kInputBytes + (9 * W * kRowBytes + 1023) / 1024 * 1024;
+  static constexpr int kHiddenChunkBytes = kHiddenRows * kRowBytes;
+  static constexpr int kSmem = kUnitBuffers * kStageBytes + kChunks * kHiddenChunkBytes + 1024;
+  static_assert(kLines % kWarpgroups == 0 && kHiddenChunkBytes % 1024 == 0, "tiles and chunks on 1 KB boundaries");
+  static_assert(kSmem <= 227 * 1024, "shared memory of a block");
+};
+
+// Item i of a unit call: tile i % tiles (kLines lines from line0, 64 pixels from col0) of member i / tiles.
+template <int LINES>
+__device__ __forceinline__ Item place_unit_item(const Params& p, int item) {
+  Item at{};
+  const int tile = item % p.tiles;
+  at.member = item / p.tiles;
+  at.line0 = tile / p.col_tiles * LINES;
+  at.col0 = (tile - tile / p.col_tiles * p.col_tiles) * 64;
+  return at;
+}
+
+template <typename T, int W>
+__global__ void __launch_bounds__(128 * kWarpgroups, 1)
+    residual_unit_kernel(const __grid_constant__ Params p, const __grid_constant__ InputMaps maps) {
+  using U = Unit<T, W>;
+  extern __shared__ __align__(128) char smem_raw[];
+  __shared__ __align__(8) uint64_t filled[kUnitBuffers];  // a buffer's stage has arrived
+  const uint32_t smem = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;
+  const uint32_t hidden = smem + kUnitBuffers * U::kStageBytes;  // a: kChunks regions of kHiddenRows 32-byte rows
+  constexpr int kThreads = 128 * kWarpgroups, kStages = 2 * U::kChunks;
+  if ((int)blockIdx.x >= p.blocks) {
+    zero_margins<T>(p);
+    return;
+  }
+  const int end = p.tiles * p.members, step = p.blocks;
+  const uint32_t filled0 = static_cast<uint32_t>(__cvta_generic_to_shared(filled));
+  if (threadIdx.x == 0) {
+    for (int b = 0; b < kUnitBuffers; ++b) mbarrier_init(filled0 + 8 * b);
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  __syncthreads();
+
+  // Every stage completes one phase of its buffer's mbarrier (conv_b's, with no box copy, at once).
+  int load_item = blockIdx.x, load_stage = 0;
+  Item load_at = place_unit_item<U::kLines>(p, load_item);
+  auto load = [&](int buffer) {
+    const uint32_t stage = smem + buffer * U::kStageBytes, bar = filled0 + 8 * buffer;
+    const bool conv_a = load_stage < U::kChunks;
+    const int chunk = conv_a ? load_stage : load_stage - U::kChunks;
+    if (threadIdx.x == 0) {
+      mbarrier_expect_bytes(bar, conv_a ? U::kBoxBytes : 0);
+      if (conv_a)
+        tma_load_4d(stage, &maps.x[0], chunk * U::kc, load_at.col0 - 2, load_at.line0 - 2,
+                    p.x_step[0] ? load_at.member : 0, bar);
+    }
+    const int k = conv_a ? 0 : 1;
+    const char* w = p.w[k] + load_at.member * p.w_step[k] + (size_t)chunk * 32;
+    copy_kmajor_weights<W, kThreads, false>(stage + U::kInputBytes, w, W, W * (int)sizeof(T), 0);
+    if (++load_stage == kStages) {
+      load_stage = 0;
+      load_item += step;
+      if (load_item < end) load_at = place_unit_item<U::kLines>(p, load_item);
+    }
+  };
+  for (int s = 0; s < kUnitAhead; ++s) {
+    if (load_item < end) load(s);
+    cp_async_commit();
+  }
+  int sg = 0;  // stages consumed: stage sg is in buffer sg % kUnitBuffers
+  // waits for the next stage and loads the one kUnitAhead on; returns the stage's weights
+  auto next_stage = [&]() {
+    const int buffer = sg % kUnitBuffers;
+    cp_async_wait<kUnitAhead - 1>();
+    fence_proxy_async();  // the weights' cp.async, and a's stores into shared memory, visible to the products
+    mbarrier_wait(filled0 + 8 * buffer, (sg / kUnitBuffers) & 1);
+    __syncthreads();  // stage sg is in; stage sg - 1's products are done (each warpgroup waited for them)
+    if (load_item < end) load((sg + kUnitAhead) % kUnitBuffers);
+    cp_async_commit();
+    ++sg;
+    return smem + buffer * U::kStageBytes;
+  };
+
+  const int group = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+#pragma unroll 1
+  for (int item = blockIdx.x; item < end; item += step) {
+    const Item at = place_unit_item<U::kLines>(p, item);
+    {  // conv_a over the staged image's flat rows from kUnitCols + 1, this warpgroup's kA tiles
+      float acc[U::kA][W / 8][4];
+      zero_accumulators(acc);
+#pragma unroll 1
+      for (int s = 0; s < U::kChunks; ++s) {
+        const uint32_t stage = next_stage(), tile0 = stage + (kUnitCols + 1 + group * U::kA * 64) * kRowBytes;
+        wgmma_fence();
+#pragma unroll
+        for (int tap = 0; tap < 9; ++tap) {
+          const int offset = (tap / 3 - 1) * kUnitCols + (tap % 3 - 1);
+          const uint64_t b = wgmma_descriptor_32b(stage + U::kInputBytes + tap * W * kRowBytes);
+#pragma unroll
+          for (int m = 0; m < U::kA; ++m)
+            wgmma<T, W / 8>(acc[m], wgmma_descriptor_32b(tile0 + (m * 64 + offset) * kRowBytes), b);
+        }
+        wgmma_commit();
+        wgmma_wait<0>();
+      }
+      // a = LeakyReLU(sum + b_a) (TF32 in float32), zero outside the image, into the hidden regions: hidden row r is
+      // staged pixel kUnitCols + 1 + r, i.e. line line0 - 2 + (r + kUnitCols + 1) / kUnitCols, column col0 - 2 + the
+      // rest; channel n is byte 4 n (2 n) of row r in region n / kc, swizzled as the products read it
+      const T* bias = reinterpret_cast<const T*>(p.extra + at.member * p.extra_step);
+#pragma unroll
+      for (int m = 0; m < U::kA; ++m)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int r = (group * U::kA + m) * 64 + 16 * warp + (lane >> 2) + 8 * half;
+          const int staged = r + kUnitCols + 1, line_in = staged / kUnitCols;
+          const int line = at.line0 - 2 + line_in, col = at.col0 - 2 + (staged - line_in * kUnitCols);
+          const bool inside =
+              line >= 0 && line < p.lines && line % p.h2 >= 1 && line % p.h2 <= p.h2 - 2 && col >= 1 && col <= p.w2 - 2;
+#pragma unroll
+          for (int j = 0; j < W / 8; ++j) {
+            const int n = j * 8 + 2 * (lane & 3);
+            float v[2], b[2];
+            load_pair(bias + n, b[0], b[1]);
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              v[e] = acc[m][j][2 * half + e] + b[e];
+              v[e] = v[e] >= 0.f ? v[e] : kSlope * v[e];
+              if (sizeof(T) == 4) v[e] = to_tf32(v[e]);
+              if (!inside) v[e] = 0.f;
+            }
+            const int byte = n * (int)sizeof(T) % 32;  // within the region's 32-byte row
+            const uint32_t addr =
+                hidden + n / U::kc * U::kHiddenChunkBytes + ldmatrix_swizzled<kRowBytes>(r, byte / 16) + byte % 16;
+            if constexpr (sizeof(T) == 4) {
+              asm volatile("st.shared.v2.f32 [%0], {%1, %2};\n" ::"r"(addr), "f"(v[0]), "f"(v[1]) : "memory");
+            } else {
+              const __nv_bfloat162 pair = __floats2bfloat162_rn(v[0], v[1]);
+              asm volatile("st.shared.b32 [%0], %1;\n" ::"r"(addr), "r"(*reinterpret_cast<const uint32_t*>(&pair))
+                           : "memory");
+            }
+          }
+        }
+    }
+    // conv_b's output pixels: line line0 + l (l = group * kB + m), hidden row (l + 1) * kUnitCols + 1 on. The
+    // epilogue's operands, the bias and the residual at each accumulator element (pairs as stored), are loaded
+    // before the products in float32, to arrive while they run (in bfloat16 the registers do not hold them beside
+    // the products: after them)
+    auto place = [&](int m, int half, bool& written, bool& inside) {
+      const int line = at.line0 + group * U::kB + m, col = at.col0 + 16 * warp + (lane >> 2) + 8 * half;
+      const int y = line % p.h2;
+      written = line < p.lines && col < p.w2;
+      inside = col >= 1 && col <= p.w2 - 2 && y >= 1 && y <= p.h2 - 2;
+      return written ? p.margin + (long long)line * p.w2 + col : p.zero_tail - 1;
+    };
+    T* out = reinterpret_cast<T*>(p.out + at.member * p.out_step);
+    const T* residual = reinterpret_cast<const T*>(p.residual + at.member * p.residual_step);
+    const T* bias_b = reinterpret_cast<const T*>(p.unit_bias + at.member * p.extra_step);
+    using Pair = std::conditional_t<sizeof(T) == 4, float2, __nv_bfloat162>;
+    Pair operand[U::kB][2][W / 8];
+    float bias[W / 8][2];
+#pragma unroll
+    for (int j = 0; j < W / 8; ++j) load_pair(bias_b + j * 8 + 2 * (lane & 3), bias[j][0], bias[j][1]);
+    auto load_residual = [&]() {
+#pragma unroll
+      for (int m = 0; m < U::kB; ++m)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          bool written, inside;
+          const long long row = place(m, half, written, inside);
+#pragma unroll
+          for (int j = 0; j < W / 8; ++j)
+            operand[m][half][j] = *reinterpret_cast<const Pair*>(residual + row * W + j * 8 + 2 * (lane & 3));
+        }
+    };
+    constexpr bool kEarly = sizeof(T) == 4;
+    if constexpr (kEarly) load_residual();
+    float acc[U::kB][W / 8][4];
+    zero_accumulators(acc);
+#pragma unroll 1
+    for (int s = 0; s < U::kChunks; ++s) {
+      const uint32_t stage = next_stage();
+      const uint32_t tile0 = hidden + s * U::kHiddenChunkBytes + ((group * U::kB + 1) * kUnitCols + 1) * kRowBytes;
+      wgmma_fence();
+#pragma unroll
+      for (int tap = 0; tap < 9; ++tap) {
+        const int offset = (tap / 3 - 1) * kUnitCols + (tap % 3 - 1);
+        const uint64_t b = wgmma_descriptor_32b(stage + U::kInputBytes + tap * W * kRowBytes);
+#pragma unroll
+        for (int m = 0; m < U::kB; ++m)
+          wgmma<T, W / 8>(acc[m], wgmma_descriptor_32b(tile0 + (m * kUnitCols + offset) * kRowBytes), b);
+      }
+      wgmma_commit();
+      wgmma_wait<0>();
+    }
+    if constexpr (!kEarly) load_residual();
+    // out = LeakyReLU(sum + b_b + h) (TF32 in float32; the bias added before the residual, as XLA adds them), zero
+    // outside the image
+#pragma unroll
+    for (int m = 0; m < U::kB; ++m)
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        bool written, inside;
+        const long long row = place(m, half, written, inside);
+        if (!written) continue;
+#pragma unroll
+        for (int j = 0; j < W / 8; ++j) {
+          float v[2], r[2];
+          if constexpr (sizeof(T) == 4) {
+            r[0] = operand[m][half][j].x;
+            r[1] = operand[m][half][j].y;
+          } else {
+            const float2 f = __bfloat1622float2(operand[m][half][j]);
+            r[0] = f.x;
+            r[1] = f.y;
+          }
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            v[e] = acc[m][j][2 * half + e] + bias[j][e] + r[e];
+            v[e] = v[e] >= 0.f ? v[e] : kSlope * v[e];
+            if (sizeof(T) == 4) v[e] = to_tf32(v[e]);
+            if (!inside) v[e] = 0.f;
+          }
+          store_pair(out + row * W + j * 8 + 2 * (lane & 3), v[0], v[1]);
+        }
+      }
+  }
+}
+
+template <typename T, int W>
+cudaError_t launch_unit(Params p, cudaStream_t stream) {
+  using U = Unit<T, W>;
+  constexpr auto kernel = residual_unit_kernel<T, W>;
+  cudaError_t err = allow_shared_memory<kernel>(U::kSmem);
+  if (err != cudaSuccess) return err;
+  p.col_tiles = (p.w2 + 63) / 64;
+  p.tiles = (p.lines + U::kLines - 1) / U::kLines * p.col_tiles;
+  InputMaps maps{};
+  int device, sms, resident;
+  err = input_maps<T>(p, maps, kUnitCols, U::kLines + 4);
+  if (err == cudaSuccess) err = cudaGetDevice(&device);
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  if (err == cudaSuccess)
+    err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, kernel, 128 * kWarpgroups, U::kSmem);
+  if (err != cudaSuccess) return err;
+  p.blocks = min(p.tiles * p.members, sms * resident);
+  kernel<<<p.blocks + kZeroBlocks, 128 * kWarpgroups, U::kSmem, stream>>>(p, maps);
+  return cudaGetLastError();
+}
+
+// The residual unit's handler: h_op (conv_a's input: h itself in bfloat16, its TF32 copy in float32), h (the
+// residual), the weight pack with conv_a's and conv_b's K-major kernels and biases at the offsets given.
+ffi::Error ResidualUnitImpl(cudaStream_t stream, ffi::AnyBuffer h_op, ffi::AnyBuffer h, ffi::AnyBuffer pack,
+                            ffi::Result<ffi::AnyBuffer> out, int64_t n, int64_t height, int64_t w, int64_t margin,
+                            ffi::Span<const int64_t> kernel_offsets, ffi::Span<const int64_t> bias_offsets) {
+  const auto dtype = out->element_type();
+  if (dtype != ffi::DataType::BF16 && dtype != ffi::DataType::F32)
+    return ffi::Error::InvalidArgument("residual_unit: bfloat16 or float32 only");
+  if (h_op.element_type() != dtype || h.element_type() != dtype || pack.element_type() != dtype)
+    return ffi::Error::InvalidArgument("residual_unit: the inputs, the pack and the output share one dtype");
+  const size_t elem = dtype == ffi::DataType::BF16 ? 2 : 4;
+  Params p{};
+  const int64_t members = members_of(*out, 2);
+  p.members = (int)members;
+  p.out_step = member_step(*out, 2, members);
+  p.rows = extent(*out, 2, 0);
+  p.cout = (int)extent(*out, 2, 1);
+  p.n_inputs = 1;
+  p.c[0] = p.cout;
+  if (p.cout != 32 && p.cout != 48) return ffi::Error::InvalidArgument("residual_unit: 32 or 48 channels");
+  for (const ffi::AnyBuffer* x : {&h_op, &h})
+    if (extent(*x, 2, 0) != p.rows || extent(*x, 2, 1) != p.cout)
+      return ffi::Error::InvalidArgument("residual_unit: h and its operand must have the output's shape");
+  p.x[0] = static_cast<const char*>(h_op.untyped_data());
+  p.x_step[0] = member_step(h_op, 2, members);
+  p.residual = static_cast<const char*>(h.untyped_data());
+  p.residual_step = member_step(h, 2, members);
+  const char* weights = static_cast<const char*>(pack.untyped_data());
+  const long long pack_step = member_step(pack, 1, members);
+  const int64_t pack_size = extent(pack, 1, 0);
+  if (kernel_offsets.size() != 2 || bias_offsets.size() != 2)
+    return ffi::Error::InvalidArgument("residual_unit: two kernels and two biases");
+  for (int k = 0; k < 2; ++k) {
+    const int64_t kernel = kernel_offsets[k], bias = bias_offsets[k];
+    if (kernel < 0 || kernel * elem % 16 != 0 || kernel + 9LL * p.cout * p.cout > pack_size || bias < 0 ||
+        bias % 2 != 0 || bias + p.cout > pack_size)
+      return ffi::Error::InvalidArgument("residual_unit: a kernel or bias offset outside the pack or misaligned");
+    p.w[k] = weights + kernel * elem;
+    p.w_step[k] = pack_step;
+  }
+  p.extra = weights + bias_offsets[0] * elem;
+  p.unit_bias = weights + bias_offsets[1] * elem;
+  p.extra_step = pack_step;
+  if (pack_step < 0 || p.out_step < 0 || p.x_step[0] < 0 || p.residual_step < 0)
+    return ffi::Error::InvalidArgument("residual_unit: operands batched over one leading axis (vmap) at most");
+  p.out = static_cast<char*>(out->untyped_data());
+  p.margin = margin;
+  p.h2 = (int)height + 2;
+  p.w2 = (int)w + 2;
+  if (p.w2 <= kRangeMaxRowWidth) return ffi::Error::InvalidArgument("residual_unit: rows wider than 94 pixels only");
+  p.lines = (int)n * p.h2;
+  p.zero_head = p.margin;
+  p.zero_tail = p.margin + (long long)p.lines * p.w2;
+  cudaError_t err;
+  if (dtype == ffi::DataType::BF16)
+    err = p.cout == 32 ? launch_unit<__nv_bfloat16, 32>(p, stream) : launch_unit<__nv_bfloat16, 48>(p, stream);
+  else
+    err = p.cout == 32 ? launch_unit<float, 32>(p, stream) : launch_unit<float, 48>(p, stream);
+  if (err != cudaSuccess) return ffi::Error::Internal(cudaGetErrorString(err));
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IrrmDenseConv, DenseConvImpl,
@@ -560,4 +897,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IrrmDenseConv, DenseConvImpl,
                                   .Attr<ffi::Span<const int64_t>>("kernel_offsets")
                                   .Attr<int64_t>("bias_offset")
                                   .Attr<bool>("transpose"),
+                              {ffi::Traits::kCmdBufferCompatible});
+XLA_FFI_DEFINE_HANDLER_SYMBOL(IrrmResidualUnit, ResidualUnitImpl,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::PlatformStream<cudaStream_t>>()
+                                  .Arg<ffi::AnyBuffer>()  // h_op
+                                  .Arg<ffi::AnyBuffer>()  // h
+                                  .Arg<ffi::AnyBuffer>()  // the weight pack
+                                  .Ret<ffi::AnyBuffer>()
+                                  .Attr<int64_t>("n")
+                                  .Attr<int64_t>("h")
+                                  .Attr<int64_t>("w")
+                                  .Attr<int64_t>("margin")
+                                  .Attr<ffi::Span<const int64_t>>("kernel_offsets")
+                                  .Attr<ffi::Span<const int64_t>>("bias_offsets"),
                               {ffi::Traits::kCmdBufferCompatible});

@@ -376,13 +376,16 @@ class Ops(NamedTuple):
     kernels and output gradient for them, once a block (the CUDA kernels take float32 operands as TF32 values);
     ``channels(c, dtype)`` is the channel count they compute c channels with; ``kmajor_copies`` whether the
     forward convolutions read the kernels as K-major copies (9, cout, c) packed beside them (`pack_weights`).
-    Pallas reads each kernel from a copy of its part of the pack; CUDA reads the pack."""
+    Pallas reads each kernel from a copy of its part of the pack; CUDA reads the pack. ``residual_unit``: IRRM's
+    last residual unit in one call where the kernels have one (`irrm_jax.cuda_kernels.residual_unit`), for inference;
+    None: two `conv` calls."""
 
     conv: Callable
     weight_grads: Callable
     operand: Callable = _unchanged
     channels: Callable = padded_channels
     kmajor_copies: bool = False
+    residual_unit: Callable | None = None
 
 
 PALLAS = Ops(conv, weight_grads)

@@ -32,14 +32,19 @@ from irrm_jax.dense_kernels import (
 )
 
 
-def _forward(layout, ops, x, pack, units):
-    """The block's output and what its backward reads: the convolutions' inputs (as they read them), in order."""
+def _forward(layout, ops, x, pack, units, fuse_last=False):
+    """The block's output and what its backward reads: the convolutions' inputs (as they read them), in order.
+    ``fuse_last`` (inference): the last residual unit in one call where ``ops`` has one (`Ops.residual_unit`; its
+    hidden map is then not among the inputs)."""
     inputs = [ops.operand(x)]
     h, h_operand = ops.conv(inputs[:1], pack, ["w0.0"], layout, "bias", "b0", with_operand=True)
     last_input = None  # conv_out's: LeakyReLU(h), as the kernels take it
     for i in range(units):
         a, b = 2 * i + 1, 2 * i + 2
         inputs.append(h_operand if i == 0 else ops.operand(h))
+        if fuse_last and i == units - 1 and ops.residual_unit is not None:
+            last_input = ops.residual_unit(inputs[-1], h, pack, (a, b), layout)
+            break
         inputs.append(ops.conv(inputs[-1:], pack, [f"w{a}.0"], layout, "bias_leaky", f"b{a}"))
         if i < units - 1:
             h = h + ops.conv(inputs[-1:], pack, [f"w{b}.0"], layout, "bias", f"b{b}")
@@ -92,12 +97,15 @@ def enhanced_block(
     dtype,
     cuda: bool = False,
     pack: WeightPack | None = None,
+    unit_kernel: bool = True,
 ) -> jax.Array:
     """IRRM's Enhanced Block (`subnets.EnhancedBlock`'s function) on (n, h, w, c_in), from its HWIO kernels and
     biases (conv_in, conv_a and conv_b of each unit, conv_out); returns (n, h, w, features) in dtype. With ``cuda``
     the kernels are `irrm_jax.cuda_kernels`' (NVIDIA GPUs, bfloat16 or float32). ``pack``: the kernels and biases
-    packed once (`enhanced_block_pack`), read instead of packing them again: for inference (no gradients). Under an
-    abstract mesh with a 'data' axis, each device runs its part of the batch.
+    packed once (`enhanced_block_pack`), read instead of packing them again: for inference (no gradients); there
+    ``unit_kernel`` computes the last residual unit in one call where the kernels have one
+    (`dense_kernels.Ops.residual_unit`). Under an abstract mesh with a 'data' axis, each device runs its part of the
+    batch.
 
     Raises:
       ValueError: for a pack that does not fit.
@@ -112,7 +120,7 @@ def enhanced_block(
         pack,
         flat_weights=_flat_weights,
         flat_block=enhanced_block_flat,
-        packed_forward=lambda layout, ops, x, pack: _forward(layout, ops, x, pack, units)[0],
+        packed_forward=lambda layout, ops, x, pack: _forward(layout, ops, x, pack, units, unit_kernel)[0],
     )
 
 

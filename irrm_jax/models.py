@@ -108,6 +108,8 @@ class InvertibleRescaler(nn.Module):
         `dense_kernels`, `enhanced_kernels`).
       dense_cuda: speed option: ``dense_pallas`` with the sub-networks' convolutions and kernel gradients in CUDA
         (`cuda_kernels`; NVIDIA GPUs, bfloat16 or float32). Implies ``dense_pallas``.
+      unit_kernel: speed option, with ``dense_cuda``: IRRM's last residual unit as one kernel in inference from
+        weight packs (`cuda_kernels.residual_unit`); False: its two convolutions' kernels, for comparison.
     The speed options change neither the function nor the parameters.
     """
 
@@ -118,6 +120,7 @@ class InvertibleRescaler(nn.Module):
     dense_outward: bool = False
     dense_pallas: bool = False
     dense_cuda: bool = False
+    unit_kernel: bool = True
 
     @property
     def scale(self) -> int:
@@ -137,7 +140,13 @@ class InvertibleRescaler(nn.Module):
             )
         else:
             subnet = functools.partial(
-                EnhancedBlock, width=cfg.nf, n_res=cfg.n_res, pallas=self.dense_pallas, cuda=self.dense_cuda, **speed
+                EnhancedBlock,
+                width=cfg.nf,
+                n_res=cfg.n_res,
+                pallas=self.dense_pallas,
+                cuda=self.dense_cuda,
+                unit_kernel=self.unit_kernel,
+                **speed,
             )
         ops = []
         if cfg.haar_mode == "upfront":
@@ -242,6 +251,7 @@ def build_model(
     dense_outward: bool = False,
     dense_pallas: bool = False,
     dense_cuda: bool = False,
+    unit_kernel: bool = True,
     **overrides: Any,
 ) -> InvertibleRescaler:
     """Builds a variant by name ('irn', 'irrm_s', 'irrm_m', 'irrm_l') and scale (2, 4; IRN also 8).
@@ -250,8 +260,8 @@ def build_model(
       name: the variant.
       scale: the rescaling factor.
       compute_dtype: sub-network compute dtype (jnp.float32, jnp.bfloat16, jnp.float64).
-      channel_multiple, fuse_gh, dense_outward, dense_pallas, dense_cuda: speed options (see `InvertibleRescaler`); same
-        function and parameters.
+      channel_multiple, fuse_gh, dense_outward, dense_pallas, dense_cuda, unit_kernel: speed options (see
+        `InvertibleRescaler`); same function and parameters.
       **overrides: `RescalerConfig` fields to change, e.g. ``blocks_per_level=(2, 2)`` for a tiny test model.
     """
     return InvertibleRescaler(
@@ -262,6 +272,7 @@ def build_model(
         dense_outward=dense_outward,
         dense_pallas=dense_pallas,
         dense_cuda=dense_cuda,
+        unit_kernel=unit_kernel,
     )
 
 

@@ -188,6 +188,8 @@ class EnhancedBlock(nn.Module):
         (`irrm_jax.enhanced_kernels`). Ignores ``channel_multiple``.
       cuda: speed option: ``pallas`` with the CUDA kernels (`irrm_jax.cuda_kernels`; NVIDIA GPUs, bfloat16 or
         float32). Implies ``pallas``.
+      unit_kernel: speed option, with ``cuda``: the last residual unit as one kernel in inference from a weight pack
+        (`irrm_jax.cuda_kernels.residual_unit`).
     """
 
     features: int
@@ -197,6 +199,7 @@ class EnhancedBlock(nn.Module):
     channel_multiple: int = 1
     pallas: bool = False
     cuda: bool = False
+    unit_kernel: bool = True
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -214,7 +217,7 @@ class EnhancedBlock(nn.Module):
         if kernels:
             weights = [c.kernel for c in convs], [c.bias for c in convs]
             pack = prepared_pack(self, lambda: enhanced_kernels.enhanced_block_pack(*weights, self.dtype, self.cuda))
-            return enhanced_kernels.enhanced_block(x, *weights, self.dtype, self.cuda, pack)
+            return enhanced_kernels.enhanced_block(x, *weights, self.dtype, self.cuda, pack, self.unit_kernel)
         h = convs[0](x)
         for i in range(self.n_res):
             h = h + convs[2 * i + 2](nn.leaky_relu(convs[2 * i + 1](h), 0.2))

@@ -239,6 +239,42 @@ def test_one_kernel_gradient_call_for_the_layers_of_each_width_within_its_limits
 
 @needs_gpu
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+@pytest.mark.parametrize("width", cuda_kernels.UNIT_WIDTHS)
+# rows of 2 column tiles, the last partly outside; two images (their lines' margins between); more items than an
+# H100 runs at once (blocks take several in turn)
+@pytest.mark.parametrize("shape", [(1, 5, 100), (2, 13, 130), (2, 150, 300)])
+def test_the_residual_unit_kernel_is_its_two_convolutions(shape, width, dtype):
+    """`residual_unit`'s one kernel (conv_a's output kept on chip) equals conv_a then conv_b bit for bit, alone and
+    vmapped (one h and pack a member, as a fused G and H has them), its margins zero."""
+    layout = dk.FlatLayout(*shape)
+    hs = jnp.stack([dk.to_flat(normal(*shape, width).astype(dtype), layout, width) for _ in range(2)])
+    kernels = operand(normal(2, 2, 9, width, width, scale=0.1), dtype).astype(dtype)
+    biases = normal(2, 2, width).astype(dtype)
+
+    def unit(h, kernels, biases, fused=True):
+        pack = kernel_pack({"w1.0": kernels[0], "b1": biases[0], "w2.0": kernels[1], "b2": biases[1]})
+        h_operand = cuda_kernels.tf32_operand(h)
+        if fused:
+            return cuda_kernels.residual_unit(h_operand, h, pack, (1, 2), layout)
+        hidden = cuda_kernels.conv([h_operand], pack, ["w1.0"], layout, "bias_leaky", "b1")
+        return cuda_kernels.conv([hidden], pack, ["w2.0"], layout, "bias_residual_leaky", "b2", residual=h)
+
+    def values(a):
+        return np.asarray(a.astype(jnp.float32))
+
+    two_calls = jax.jit(functools.partial(unit, fused=False))
+    one = values(jax.jit(unit)(hs[0], kernels[0], biases[0]))
+    np.testing.assert_array_equal(one, values(two_calls(hs[0], kernels[0], biases[0])))
+    keep = np.asarray(dk.interior(layout, jnp.arange(layout.rows)))
+    assert not np.any(one[~keep]), "zero outside the pixels, margins included"
+    assert np.any(one[keep] > 0), "not all zero"
+    batched = jax.jit(jax.vmap(unit))(hs, kernels, biases)
+    for m in range(2):
+        np.testing.assert_array_equal(values(batched[m]), values(two_calls(hs[m], kernels[m], biases[m])))
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 @pytest.mark.parametrize("epilogue", ["bias_leaky", "leaky_grad"])  # the extra operand a vector or a flat array
 # flat ranges, or line tiles (their inputs' tensor maps per member; a block's tiles in turn may span both members)
 @pytest.mark.parametrize("shape", [(2, 8, 62), (2, 8, 130), (2, 200, 130)])
