@@ -591,6 +591,24 @@ __device__ __forceinline__ Item place_unit_item(const Params& p, int item) {
   return at;
 }
 
+// One stage's products of a warpgroup in the residual-unit kernel: its M m64 tiles, STEP staged rows apart from
+// tile0, each tap's A operand the same rows from another start (a staged image of row width kUnitCols), against the
+// stage's nine taps' weights (9 x W rows); waited for before returning.
+template <typename T, int W, int M, int STEP>
+__device__ __forceinline__ void unit_products(float (&acc)[M][W / 8][4], uint32_t tile0, uint32_t weights) {
+  wgmma_fence();
+#pragma unroll
+  for (int tap = 0; tap < 9; ++tap) {
+    const int offset = (tap / 3 - 1) * kUnitCols + (tap % 3 - 1);
+    const uint64_t b = wgmma_descriptor_32b(weights + tap * W * kRowBytes);
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+      wgmma<T, W / 8>(acc[m], wgmma_descriptor_32b(tile0 + (m * STEP + offset) * kRowBytes), b);
+  }
+  wgmma_commit();
+  wgmma_wait<0>();
+}
+
 template <typename T, int W>
 __global__ void __launch_bounds__(128 * kWarpgroups, 1)
     residual_unit_kernel(const __grid_constant__ Params p, const __grid_constant__ InputMaps maps) {
@@ -662,17 +680,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
 #pragma unroll 1
       for (int s = 0; s < U::kChunks; ++s) {
         const uint32_t stage = next_stage(), tile0 = stage + (kUnitCols + 1 + group * U::kA * 64) * kRowBytes;
-        wgmma_fence();
-#pragma unroll
-        for (int tap = 0; tap < 9; ++tap) {
-          const int offset = (tap / 3 - 1) * kUnitCols + (tap % 3 - 1);
-          const uint64_t b = wgmma_descriptor_32b(stage + U::kInputBytes + tap * W * kRowBytes);
-#pragma unroll
-          for (int m = 0; m < U::kA; ++m)
-            wgmma<T, W / 8>(acc[m], wgmma_descriptor_32b(tile0 + (m * 64 + offset) * kRowBytes), b);
-        }
-        wgmma_commit();
-        wgmma_wait<0>();
+        unit_products<T, W, U::kA, 64>(acc, tile0, stage + U::kInputBytes);
       }
       // a = LeakyReLU(sum + b_a) (TF32 in float32), zero outside the image, into the hidden regions: hidden row r is
       // staged pixel kUnitCols + 1 + r, i.e. line line0 - 2 + (r + kUnitCols + 1) / kUnitCols, column col0 - 2 + the
@@ -751,17 +759,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
     for (int s = 0; s < U::kChunks; ++s) {
       const uint32_t stage = next_stage();
       const uint32_t tile0 = hidden + s * U::kHiddenChunkBytes + ((group * U::kB + 1) * kUnitCols + 1) * kRowBytes;
-      wgmma_fence();
-#pragma unroll
-      for (int tap = 0; tap < 9; ++tap) {
-        const int offset = (tap / 3 - 1) * kUnitCols + (tap % 3 - 1);
-        const uint64_t b = wgmma_descriptor_32b(stage + U::kInputBytes + tap * W * kRowBytes);
-#pragma unroll
-        for (int m = 0; m < U::kB; ++m)
-          wgmma<T, W / 8>(acc[m], wgmma_descriptor_32b(tile0 + (m * kUnitCols + offset) * kRowBytes), b);
-      }
-      wgmma_commit();
-      wgmma_wait<0>();
+      unit_products<T, W, U::kB, kUnitCols>(acc, tile0, stage + U::kInputBytes);
     }
     if constexpr (!kEarly) load_residual();
     // out = LeakyReLU(sum + b_b + h) (TF32 in float32; the bias added before the residual, as XLA adds them), zero
