@@ -204,27 +204,21 @@ def conv(
     return (out, out) if with_operand else out
 
 
-UNIT_WIDTHS = (32, 48)  # the residual unit's kernel: channels (dense_conv.cu's), rows wider than UNIT_MIN_WIDTH
+UNIT_WIDTHS = (32, 48)  # the residual unit's kernel: channels (dense_conv.cu's), rows of UNIT_MIN_WIDTH pixels or more
 UNIT_MIN_WIDTH = 95
 
 
-def residual_unit(
-    h_operand: jax.Array, h: jax.Array, pack: WeightPack, layers: tuple[int, int], layout: FlatLayout
-) -> jax.Array:
+def residual_unit(h: jax.Array, pack: WeightPack, layers: tuple[int, int], layout: FlatLayout) -> jax.Array | None:
     """IRRM's residual unit, LeakyReLU(h + conv_b(LeakyReLU(conv_a(h)))) with the biases of layers ``layers`` = (a,
-    b) of the pack, on flat arrays: where the rows are wider than `UNIT_MIN_WIDTH` pixels and h has 32 or 48
-    channels, one kernel that keeps conv_a's output in shared memory (``dense_conv.cu``; the same values as the two
-    convolutions, bit for bit); elsewhere those two `conv` calls. ``h_operand`` is h as the kernels take it (its TF32
-    copy in float32).
+    b) of the pack, on flat arrays, as one kernel that keeps conv_a's output in shared memory (``dense_conv.cu``):
+    the same values as the two `conv` calls on h's operand (`tf32_operand`), bit for bit. h is the residual stream as
+    it is (float32 values are rounded on chip where conv_a reads them). None where the kernel does not apply: rows
+    narrower than `UNIT_MIN_WIDTH` pixels, h without 32 or 48 channels, or full float32 asked for.
     """
-    a, b = layers
-    width = h.shape[-1]
-    if not computes(h.dtype) or width not in UNIT_WIDTHS or layout.w < UNIT_MIN_WIDTH:
-        hidden = conv([h_operand], pack, [f"w{a}.0"], layout, "bias_leaky", f"b{a}")
-        return conv([hidden], pack, [f"w{b}.0"], layout, "bias_residual_leaky", f"b{b}", residual=h)
+    if not computes(h.dtype) or h.shape[-1] not in UNIT_WIDTHS or layout.w < UNIT_MIN_WIDTH:
+        return None
     call = jax.ffi.ffi_call("irrm_residual_unit", jax.ShapeDtypeStruct(h.shape, h.dtype), vmap_method=VMAP_METHOD)
     return call(
-        h_operand,
         h,
         pack.buffer,
         **_layout_attributes(layout),

@@ -553,7 +553,10 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
 // of channels a stage, computes a for the kLines + 2 lines x 66 pixels that conv_b reads (as flat rows of the staged
 // image, in m64 tiles: about 30-50% more of conv_a's products than its share), keeps a in shared memory (TF32 values
 // in float32, zero outside the image as the two-kernel way stores it), and computes conv_b from there. Each output's
-// sums are the same products in the same order as the two kernels', so the results are theirs bit for bit.
+// sums are the same products in the same order as the two kernels', so the results are theirs bit for bit. In
+// float32 it stages h as it is: each stage's output pixels give the residual (kept in registers for conv_b's
+// epilogue), then the stage is rounded to TF32 in place, the operand the two-kernel way reads from h's TF32 copy;
+// so neither that copy nor a second read of h is needed.
 // Stages (kUnitBuffers buffers, kUnitAhead ahead): conv_a's W / kc of h and conv_a's weights, then conv_b's weights
 // alone, carried on from one item to the next as in the line tiles. The tensor cores wait while a block stores a and
 // its outputs (one block an SM): in float32 the recomputed products nearly cancel the bytes saved
@@ -671,15 +674,50 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
   };
 
   const int group = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
+  using Pair = std::conditional_t<sizeof(T) == 4, float2, __nv_bfloat162>;
+  constexpr bool kOnChip = sizeof(T) == 4;  // float32: h staged as it is, its residual taken from the stage
 #pragma unroll 1
   for (int item = blockIdx.x; item < end; item += step) {
     const Item at = place_unit_item<U::kLines>(p, item);
+    // the residual h at each of conv_b's accumulator elements (pairs as stored; the pixels are conv_b's below)
+    Pair operand[U::kB][2][W / 8];
     {  // conv_a over the staged image's flat rows from kUnitCols + 1, this warpgroup's kA tiles
       float acc[U::kA][W / 8][4];
       zero_accumulators(acc);
 #pragma unroll 1
       for (int s = 0; s < U::kChunks; ++s) {
         const uint32_t stage = next_stage(), tile0 = stage + (kUnitCols + 1 + group * U::kA * 64) * kRowBytes;
+        if constexpr (kOnChip) {
+          // chunk s is channels 8 s to 8 s + 7, column group j = s of the accumulators: the residual from the
+          // staged pixels, then the stage rounded to TF32 in place (the operand conv_a reads, as the two-kernel way
+          // reads h's TF32 copy)
+#pragma unroll
+          for (int m = 0; m < U::kB; ++m)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+              const int row = (group * U::kB + m + 2) * kUnitCols + 16 * warp + (lane >> 2) + 8 * half + 2;
+              float2 v;
+              asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n"
+                           : "=f"(v.x), "=f"(v.y)
+                           : "r"(stage + ldmatrix_swizzled<kRowBytes>(row, (lane & 3) / 2) + 8 * (lane & 1))
+                           : "memory");
+#pragma unroll
+              for (int j = 0; j < W / 8; ++j)
+                if (j == s) operand[m][half][j] = v;
+            }
+          __syncthreads();
+          for (int i = threadIdx.x; i < U::kBoxBytes / 16; i += kThreads) {
+            float4 v;
+            asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                         : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                         : "r"(stage + 16 * i));
+            asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(stage + 16 * i), "f"(to_tf32(v.x)),
+                         "f"(to_tf32(v.y)), "f"(to_tf32(v.z)), "f"(to_tf32(v.w))
+                         : "memory");
+          }
+          fence_proxy_async();
+          __syncthreads();
+        }
         unit_products<T, W, U::kA, 64>(acc, tile0, stage + U::kInputBytes);
       }
       // a = LeakyReLU(sum + b_a) (TF32 in float32), zero outside the image, into the hidden regions: hidden row r is
@@ -721,9 +759,8 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
         }
     }
     // conv_b's output pixels: line line0 + l (l = group * kB + m), hidden row (l + 1) * kUnitCols + 1 on. The
-    // epilogue's operands, the bias and the residual at each accumulator element (pairs as stored), are loaded
-    // before the products in float32, to arrive while they run (in bfloat16 the registers do not hold them beside
-    // the products: after them)
+    // epilogue's operands: the bias, and the residual (float32: taken from the stages above; bfloat16: loaded from h
+    // after the products, as the registers do not hold it beside them)
     auto place = [&](int m, int half, bool& written, bool& inside) {
       const int line = at.line0 + group * U::kB + m, col = at.col0 + 16 * warp + (lane >> 2) + 8 * half;
       const int y = line % p.h2;
@@ -734,12 +771,18 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
     T* out = reinterpret_cast<T*>(p.out + at.member * p.out_step);
     const T* residual = reinterpret_cast<const T*>(p.residual + at.member * p.residual_step);
     const T* bias_b = reinterpret_cast<const T*>(p.unit_bias + at.member * p.extra_step);
-    using Pair = std::conditional_t<sizeof(T) == 4, float2, __nv_bfloat162>;
-    Pair operand[U::kB][2][W / 8];
     float bias[W / 8][2];
 #pragma unroll
     for (int j = 0; j < W / 8; ++j) load_pair(bias_b + j * 8 + 2 * (lane & 3), bias[j][0], bias[j][1]);
-    auto load_residual = [&]() {
+    float acc[U::kB][W / 8][4];
+    zero_accumulators(acc);
+#pragma unroll 1
+    for (int s = 0; s < U::kChunks; ++s) {
+      const uint32_t stage = next_stage();
+      const uint32_t tile0 = hidden + s * U::kHiddenChunkBytes + ((group * U::kB + 1) * kUnitCols + 1) * kRowBytes;
+      unit_products<T, W, U::kB, kUnitCols>(acc, tile0, stage + U::kInputBytes);
+    }
+    if constexpr (!kOnChip) {  // bfloat16: after the products, which leave registers for it
 #pragma unroll
       for (int m = 0; m < U::kB; ++m)
 #pragma unroll
@@ -750,18 +793,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
           for (int j = 0; j < W / 8; ++j)
             operand[m][half][j] = *reinterpret_cast<const Pair*>(residual + row * W + j * 8 + 2 * (lane & 3));
         }
-    };
-    constexpr bool kEarly = sizeof(T) == 4;
-    if constexpr (kEarly) load_residual();
-    float acc[U::kB][W / 8][4];
-    zero_accumulators(acc);
-#pragma unroll 1
-    for (int s = 0; s < U::kChunks; ++s) {
-      const uint32_t stage = next_stage();
-      const uint32_t tile0 = hidden + s * U::kHiddenChunkBytes + ((group * U::kB + 1) * kUnitCols + 1) * kRowBytes;
-      unit_products<T, W, U::kB, kUnitCols>(acc, tile0, stage + U::kInputBytes);
     }
-    if constexpr (!kEarly) load_residual();
     // out = LeakyReLU(sum + b_b + h) (TF32 in float32; the bias added before the residual, as XLA adds them), zero
     // outside the image
 #pragma unroll
@@ -816,16 +848,16 @@ cudaError_t launch_unit(Params p, cudaStream_t stream) {
   return cudaGetLastError();
 }
 
-// The residual unit's handler: h_op (conv_a's input: h itself in bfloat16, its TF32 copy in float32), h (the
-// residual), the weight pack with conv_a's and conv_b's K-major kernels and biases at the offsets given.
-ffi::Error ResidualUnitImpl(cudaStream_t stream, ffi::AnyBuffer h_op, ffi::AnyBuffer h, ffi::AnyBuffer pack,
+// The residual unit's handler: h (conv_a's input and the residual, float32 values as they are: the kernel rounds
+// conv_a's operand), the weight pack with conv_a's and conv_b's K-major kernels and biases at the offsets given.
+ffi::Error ResidualUnitImpl(cudaStream_t stream, ffi::AnyBuffer h, ffi::AnyBuffer pack,
                             ffi::Result<ffi::AnyBuffer> out, int64_t n, int64_t height, int64_t w, int64_t margin,
                             ffi::Span<const int64_t> kernel_offsets, ffi::Span<const int64_t> bias_offsets) {
   const auto dtype = out->element_type();
   if (dtype != ffi::DataType::BF16 && dtype != ffi::DataType::F32)
     return ffi::Error::InvalidArgument("residual_unit: bfloat16 or float32 only");
-  if (h_op.element_type() != dtype || h.element_type() != dtype || pack.element_type() != dtype)
-    return ffi::Error::InvalidArgument("residual_unit: the inputs, the pack and the output share one dtype");
+  if (h.element_type() != dtype || pack.element_type() != dtype)
+    return ffi::Error::InvalidArgument("residual_unit: h, the pack and the output share one dtype");
   const size_t elem = dtype == ffi::DataType::BF16 ? 2 : 4;
   Params p{};
   const int64_t members = members_of(*out, 2);
@@ -836,13 +868,10 @@ ffi::Error ResidualUnitImpl(cudaStream_t stream, ffi::AnyBuffer h_op, ffi::AnyBu
   p.n_inputs = 1;
   p.c[0] = p.cout;
   if (p.cout != 32 && p.cout != 48) return ffi::Error::InvalidArgument("residual_unit: 32 or 48 channels");
-  for (const ffi::AnyBuffer* x : {&h_op, &h})
-    if (extent(*x, 2, 0) != p.rows || extent(*x, 2, 1) != p.cout)
-      return ffi::Error::InvalidArgument("residual_unit: h and its operand must have the output's shape");
-  p.x[0] = static_cast<const char*>(h_op.untyped_data());
-  p.x_step[0] = member_step(h_op, 2, members);
-  p.residual = static_cast<const char*>(h.untyped_data());
-  p.residual_step = member_step(h, 2, members);
+  if (extent(h, 2, 0) != p.rows || extent(h, 2, 1) != p.cout)
+    return ffi::Error::InvalidArgument("residual_unit: h must have the output's shape");
+  p.x[0] = p.residual = static_cast<const char*>(h.untyped_data());
+  p.x_step[0] = p.residual_step = member_step(h, 2, members);
   const char* weights = static_cast<const char*>(pack.untyped_data());
   const long long pack_step = member_step(pack, 1, members);
   const int64_t pack_size = extent(pack, 1, 0);
@@ -899,7 +928,6 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IrrmDenseConv, DenseConvImpl,
 XLA_FFI_DEFINE_HANDLER_SYMBOL(IrrmResidualUnit, ResidualUnitImpl,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
-                                  .Arg<ffi::AnyBuffer>()  // h_op
                                   .Arg<ffi::AnyBuffer>()  // h
                                   .Arg<ffi::AnyBuffer>()  // the weight pack
                                   .Ret<ffi::AnyBuffer>()

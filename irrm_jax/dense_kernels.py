@@ -377,8 +377,8 @@ class Ops(NamedTuple):
     ``channels(c, dtype)`` is the channel count they compute c channels with; ``kmajor_copies`` whether the
     forward convolutions read the kernels as K-major copies (9, cout, c) packed beside them (`pack_weights`).
     Pallas reads each kernel from a copy of its part of the pack; CUDA reads the pack. ``residual_unit``: IRRM's
-    last residual unit in one call where the kernels have one (`irrm_jax.cuda_kernels.residual_unit`), for inference;
-    None: two `conv` calls."""
+    residual unit in one call, for inference (`irrm_jax.cuda_kernels.residual_unit`: it returns None where it does
+    not apply); None: two `conv` calls always."""
 
     conv: Callable
     weight_grads: Callable

@@ -34,17 +34,21 @@ from irrm_jax.dense_kernels import (
 
 def _forward(layout, ops, x, pack, units, fuse_last=False):
     """The block's output and what its backward reads: the convolutions' inputs (as they read them), in order.
-    ``fuse_last`` (inference): the last residual unit in one call where ``ops`` has one (`Ops.residual_unit`; its
-    hidden map is then not among the inputs)."""
+    ``fuse_last`` (inference): the last residual unit in one call where ``ops`` has one that applies
+    (`Ops.residual_unit`; its hidden map is then not among the inputs)."""
     inputs = [ops.operand(x)]
-    h, h_operand = ops.conv(inputs[:1], pack, ["w0.0"], layout, "bias", "b0", with_operand=True)
+    # conv_in's output and its TF32 copy (the first unit's conv_a reads it), unless the one-kernel unit takes h alone
+    copy = not (fuse_last and units == 1 and ops.residual_unit is not None)
+    conv_in = functools.partial(ops.conv, inputs[:1], pack, ["w0.0"], layout, "bias", "b0")
+    h, h_operand = conv_in(with_operand=True) if copy else (conv_in(), None)
     last_input = None  # conv_out's: LeakyReLU(h), as the kernels take it
     for i in range(units):
         a, b = 2 * i + 1, 2 * i + 2
-        inputs.append(h_operand if i == 0 else ops.operand(h))
         if fuse_last and i == units - 1 and ops.residual_unit is not None:
-            last_input = ops.residual_unit(inputs[-1], h, pack, (a, b), layout)
-            break
+            last_input = ops.residual_unit(h, pack, (a, b), layout)
+            if last_input is not None:
+                break
+        inputs.append(h_operand if i == 0 and h_operand is not None else ops.operand(h))
         inputs.append(ops.conv(inputs[-1:], pack, [f"w{a}.0"], layout, "bias_leaky", f"b{a}"))
         if i < units - 1:
             h = h + ops.conv(inputs[-1:], pack, [f"w{b}.0"], layout, "bias", f"b{b}")

@@ -244,8 +244,9 @@ def test_one_kernel_gradient_call_for_the_layers_of_each_width_within_its_limits
 # H100 runs at once (blocks take several in turn)
 @pytest.mark.parametrize("shape", [(1, 5, 100), (2, 13, 130), (2, 150, 300)])
 def test_the_residual_unit_kernel_is_its_two_convolutions(shape, width, dtype):
-    """`residual_unit`'s one kernel (conv_a's output kept on chip) equals conv_a then conv_b bit for bit, alone and
-    vmapped (one h and pack a member, as a fused G and H has them), its margins zero."""
+    """`residual_unit`'s one kernel (conv_a's output kept on chip, float32 h rounded there) equals conv_a on h's
+    TF32 operand then conv_b bit for bit, alone and vmapped (one h and pack a member, as a fused G and H has them),
+    its margins zero; narrower rows are left to the two convolutions (None)."""
     layout = dk.FlatLayout(*shape)
     hs = jnp.stack([dk.to_flat(normal(*shape, width).astype(dtype), layout, width) for _ in range(2)])
     kernels = operand(normal(2, 2, 9, width, width, scale=0.1), dtype).astype(dtype)
@@ -253,9 +254,9 @@ def test_the_residual_unit_kernel_is_its_two_convolutions(shape, width, dtype):
 
     def unit(h, kernels, biases, fused=True):
         pack = kernel_pack({"w1.0": kernels[0], "b1": biases[0], "w2.0": kernels[1], "b2": biases[1]})
-        h_operand = cuda_kernels.tf32_operand(h)
         if fused:
-            return cuda_kernels.residual_unit(h_operand, h, pack, (1, 2), layout)
+            return cuda_kernels.residual_unit(h, pack, (1, 2), layout)
+        h_operand = cuda_kernels.tf32_operand(h)
         hidden = cuda_kernels.conv([h_operand], pack, ["w1.0"], layout, "bias_leaky", "b1")
         return cuda_kernels.conv([hidden], pack, ["w2.0"], layout, "bias_residual_leaky", "b2", residual=h)
 
@@ -271,6 +272,8 @@ def test_the_residual_unit_kernel_is_its_two_convolutions(shape, width, dtype):
     batched = jax.jit(jax.vmap(unit))(hs, kernels, biases)
     for m in range(2):
         np.testing.assert_array_equal(values(batched[m]), values(two_calls(hs[m], kernels[m], biases[m])))
+    narrow = dk.FlatLayout(1, 5, cuda_kernels.UNIT_MIN_WIDTH - 1)
+    assert cuda_kernels.residual_unit(hs[0], kernel_pack({"w1.0": kernels[0, 0]}), (1, 2), narrow) is None
 
 
 @needs_gpu
