@@ -554,9 +554,8 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
 // image, in m64 tiles: about 30-50% more of conv_a's products than its share), keeps a in shared memory (TF32 values
 // in float32, zero outside the image as the two-kernel way stores it), and computes conv_b from there. Each output's
 // sums are the same products in the same order as the two kernels', so the results are theirs bit for bit. In
-// float32 it stages h as it is: each stage's output pixels give the residual (kept in registers for conv_b's
-// epilogue), then the stage is rounded to TF32 in place, the operand the two-kernel way reads from h's TF32 copy;
-// so neither that copy nor a second read of h is needed.
+// float32 it stages h as it is and rounds each stage to TF32 in place while the stage before it is in the tensor
+// cores: the operand the two-kernel way reads from h's TF32 copy, which is then not needed (the residual is h).
 // Stages (kUnitBuffers buffers, kUnitAhead ahead): conv_a's W / kc of h and conv_a's weights, then conv_b's weights
 // alone, carried on from one item to the next as in the line tiles. The tensor cores wait while a block stores a and
 // its outputs (one block an SM): in float32 the recomputed products nearly cancel the bytes saved
@@ -596,9 +595,10 @@ __device__ __forceinline__ Item place_unit_item(const Params& p, int item) {
 
 // One stage's products of a warpgroup in the residual-unit kernel: its M m64 tiles, STEP staged rows apart from
 // tile0, each tap's A operand the same rows from another start (a staged image of row width kUnitCols), against the
-// stage's nine taps' weights (9 x W rows); waited for before returning.
-template <typename T, int W, int M, int STEP>
-__device__ __forceinline__ void unit_products(float (&acc)[M][W / 8][4], uint32_t tile0, uint32_t weights) {
+// stage's nine taps' weights (9 x W rows); meanwhile() runs while they do, and they are waited for before returning.
+template <typename T, int W, int M, int STEP, typename F>
+__device__ __forceinline__ void unit_products(float (&acc)[M][W / 8][4], uint32_t tile0, uint32_t weights,
+                                              F&& meanwhile) {
   wgmma_fence();
 #pragma unroll
   for (int tap = 0; tap < 9; ++tap) {
@@ -609,7 +609,23 @@ __device__ __forceinline__ void unit_products(float (&acc)[M][W / 8][4], uint32_
       wgmma<T, W / 8>(acc[m], wgmma_descriptor_32b(tile0 + (m * STEP + offset) * kRowBytes), b);
   }
   wgmma_commit();
+  meanwhile();
   wgmma_wait<0>();
+}
+
+// The float32 values of shared memory [from, from + bytes) rounded to TF32 in place, by the block's THREADS threads.
+template <int THREADS>
+__device__ __forceinline__ void round_shared_to_tf32(uint32_t from, int bytes) {
+  for (int i = threadIdx.x; i < bytes / 16; i += THREADS) {
+    float4 v;
+    asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(from + 16 * i)
+                 : "memory");
+    asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(from + 16 * i), "f"(to_tf32(v.x)),
+                 "f"(to_tf32(v.y)), "f"(to_tf32(v.z)), "f"(to_tf32(v.w))
+                 : "memory");
+  }
 }
 
 template <typename T, int W>
@@ -675,50 +691,28 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
 
   const int group = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   using Pair = std::conditional_t<sizeof(T) == 4, float2, __nv_bfloat162>;
-  constexpr bool kOnChip = sizeof(T) == 4;  // float32: h staged as it is, its residual taken from the stage
+  // float32: h is staged as it is, and each conv_a stage is rounded to TF32 in place (the operand the two-kernel
+  // way reads from h's TF32 copy) while the stage before it is in the tensor cores (the block's first one here)
+  auto round_next = [&]() {
+    if constexpr (sizeof(T) == 4) {
+      if (sg % kStages >= U::kChunks || blockIdx.x + sg / kStages * step >= end) return;  // conv_b's, or none
+      const int buffer = sg % kUnitBuffers;
+      mbarrier_wait(filled0 + 8 * buffer, (sg / kUnitBuffers) & 1);
+      round_shared_to_tf32<kThreads>(smem + buffer * U::kStageBytes, U::kBoxBytes);
+      fence_proxy_async();
+    }
+  };
+  round_next();
 #pragma unroll 1
   for (int item = blockIdx.x; item < end; item += step) {
     const Item at = place_unit_item<U::kLines>(p, item);
-    // the residual h at each of conv_b's accumulator elements (pairs as stored; the pixels are conv_b's below)
-    Pair operand[U::kB][2][W / 8];
     {  // conv_a over the staged image's flat rows from kUnitCols + 1, this warpgroup's kA tiles
       float acc[U::kA][W / 8][4];
       zero_accumulators(acc);
 #pragma unroll 1
       for (int s = 0; s < U::kChunks; ++s) {
         const uint32_t stage = next_stage(), tile0 = stage + (kUnitCols + 1 + group * U::kA * 64) * kRowBytes;
-        if constexpr (kOnChip) {
-          // chunk s is channels 8 s to 8 s + 7, column group j = s of the accumulators: the residual from the
-          // staged pixels, then the stage rounded to TF32 in place (the operand conv_a reads, as the two-kernel way
-          // reads h's TF32 copy)
-#pragma unroll
-          for (int m = 0; m < U::kB; ++m)
-#pragma unroll
-            for (int half = 0; half < 2; ++half) {
-              const int row = (group * U::kB + m + 2) * kUnitCols + 16 * warp + (lane >> 2) + 8 * half + 2;
-              float2 v;
-              asm volatile("ld.shared.v2.f32 {%0, %1}, [%2];\n"
-                           : "=f"(v.x), "=f"(v.y)
-                           : "r"(stage + ldmatrix_swizzled<kRowBytes>(row, (lane & 3) / 2) + 8 * (lane & 1))
-                           : "memory");
-#pragma unroll
-              for (int j = 0; j < W / 8; ++j)
-                if (j == s) operand[m][half][j] = v;
-            }
-          __syncthreads();
-          for (int i = threadIdx.x; i < U::kBoxBytes / 16; i += kThreads) {
-            float4 v;
-            asm volatile("ld.shared.v4.f32 {%0, %1, %2, %3}, [%4];\n"
-                         : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
-                         : "r"(stage + 16 * i));
-            asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(stage + 16 * i), "f"(to_tf32(v.x)),
-                         "f"(to_tf32(v.y)), "f"(to_tf32(v.z)), "f"(to_tf32(v.w))
-                         : "memory");
-          }
-          fence_proxy_async();
-          __syncthreads();
-        }
-        unit_products<T, W, U::kA, 64>(acc, tile0, stage + U::kInputBytes);
+        unit_products<T, W, U::kA, 64>(acc, tile0, stage + U::kInputBytes, round_next);
       }
       // a = LeakyReLU(sum + b_a) (TF32 in float32), zero outside the image, into the hidden regions: hidden row r is
       // staged pixel kUnitCols + 1 + r, i.e. line line0 - 2 + (r + kUnitCols + 1) / kUnitCols, column col0 - 2 + the
@@ -759,8 +753,9 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
         }
     }
     // conv_b's output pixels: line line0 + l (l = group * kB + m), hidden row (l + 1) * kUnitCols + 1 on. The
-    // epilogue's operands: the bias, and the residual (float32: taken from the stages above; bfloat16: loaded from h
-    // after the products, as the registers do not hold it beside them)
+    // epilogue's operands, the bias and the residual h at each accumulator element (pairs as stored), are loaded
+    // before the products in float32, to arrive while they run (from L2: the stages brought h there); in bfloat16
+    // after them, as the registers do not hold them beside the products
     auto place = [&](int m, int half, bool& written, bool& inside) {
       const int line = at.line0 + group * U::kB + m, col = at.col0 + 16 * warp + (lane >> 2) + 8 * half;
       const int y = line % p.h2;
@@ -771,18 +766,11 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
     T* out = reinterpret_cast<T*>(p.out + at.member * p.out_step);
     const T* residual = reinterpret_cast<const T*>(p.residual + at.member * p.residual_step);
     const T* bias_b = reinterpret_cast<const T*>(p.unit_bias + at.member * p.extra_step);
+    Pair operand[U::kB][2][W / 8];
     float bias[W / 8][2];
 #pragma unroll
     for (int j = 0; j < W / 8; ++j) load_pair(bias_b + j * 8 + 2 * (lane & 3), bias[j][0], bias[j][1]);
-    float acc[U::kB][W / 8][4];
-    zero_accumulators(acc);
-#pragma unroll 1
-    for (int s = 0; s < U::kChunks; ++s) {
-      const uint32_t stage = next_stage();
-      const uint32_t tile0 = hidden + s * U::kHiddenChunkBytes + ((group * U::kB + 1) * kUnitCols + 1) * kRowBytes;
-      unit_products<T, W, U::kB, kUnitCols>(acc, tile0, stage + U::kInputBytes);
-    }
-    if constexpr (!kOnChip) {  // bfloat16: after the products, which leave registers for it
+    auto load_residual = [&]() {
 #pragma unroll
       for (int m = 0; m < U::kB; ++m)
 #pragma unroll
@@ -793,7 +781,18 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
           for (int j = 0; j < W / 8; ++j)
             operand[m][half][j] = *reinterpret_cast<const Pair*>(residual + row * W + j * 8 + 2 * (lane & 3));
         }
+    };
+    constexpr bool kEarly = sizeof(T) == 4;
+    if constexpr (kEarly) load_residual();
+    float acc[U::kB][W / 8][4];
+    zero_accumulators(acc);
+#pragma unroll 1
+    for (int s = 0; s < U::kChunks; ++s) {
+      const uint32_t stage = next_stage();
+      const uint32_t tile0 = hidden + s * U::kHiddenChunkBytes + ((group * U::kB + 1) * kUnitCols + 1) * kRowBytes;
+      unit_products<T, W, U::kB, kUnitCols>(acc, tile0, stage + U::kInputBytes, round_next);
     }
+    if constexpr (!kEarly) load_residual();
     // out = LeakyReLU(sum + b_b + h) (TF32 in float32; the bias added before the residual, as XLA adds them), zero
     // outside the image
 #pragma unroll
