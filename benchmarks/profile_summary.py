@@ -18,8 +18,9 @@ import re
 from pathlib import Path
 
 CATEGORIES = (  # (category, regular expression on the kernel name); the first match wins
-    ("DenseBlock convolution (Pallas or CUDA)", r"dense_conv_"),  # CUDA kernels' names are mangled: not anchored
-    ("DenseBlock kernel gradient (Pallas or CUDA)", r"dense_weight_grad_"),
+    # the CUDA kernels' names are mangled or demangled: not anchored
+    ("sub-network convolution (Pallas or CUDA)", r"dense_conv_|residual_unit_kernel"),
+    ("sub-network kernel gradient (Pallas or CUDA)", r"dense_weight_grad_"),
     ("cuDNN channel padding", r"AddPadding"),
     ("convolution / matrix product library kernel", r"cudnn|xmma|gemm|cutlass|conv|^sm\d\d_"),
     ("copy / set", r"(?i)memcpy|memset"),

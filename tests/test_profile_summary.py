@@ -41,9 +41,9 @@ def test_summary_counts_device_streams_per_call(tmp_path):
     assert device["span_ms_per_call"] == pytest.approx(220 / 2 / 1e3)
     categories = {r["name"]: r["ms_per_call"] * 1e3 for r in device["categories"]}
     assert categories == {
-        "DenseBlock convolution (Pallas or CUDA)": 50,
+        "sub-network convolution (Pallas or CUDA)": 50,
         "copy / set": 25,
-        "DenseBlock kernel gradient (Pallas or CUDA)": 15,
+        "sub-network kernel gradient (Pallas or CUDA)": 15,
         "XLA fusion or other": 10,
     }
     first = device["kernels"][0]
@@ -55,9 +55,11 @@ def test_cuda_kernels_mangled_names_are_categorised():
     cuda = (
         "_ZN53_GLOBAL__N__5945d75d_20_dense_weight_grad_cu_8834eef524dense_weight_grad_kernelIfLi16ELi80EEEvNS_6ParamsE"
     )
-    assert profile_summary.category(cuda) == "DenseBlock kernel gradient (Pallas or CUDA)"
+    assert profile_summary.category(cuda) == "sub-network kernel gradient (Pallas or CUDA)"
     conv = "_ZN53_GLOBAL__N__3b1f0c2d_13_dense_conv_cu_77a1b3c417dense_conv_kernelI13__nv_bfloat16Li32ELi5ELi2EEEv"
-    assert profile_summary.category(conv) == "DenseBlock convolution (Pallas or CUDA)"
+    assert profile_summary.category(conv) == "sub-network convolution (Pallas or CUDA)"
+    unit = "void (anonymous namespace)::residual_unit_kernel<float, 32>((anonymous namespace)::Params, "
+    assert profile_summary.category(unit) == "sub-network convolution (Pallas or CUDA)"
 
 
 def test_a_trace_without_device_kernels_is_a_clear_error(tmp_path):
