@@ -6,11 +6,13 @@ convolution on the flat layout with its bias (and conv_a's LeakyReLU) fused. The
 LeakyReLU before conv_out are fused into conv_b's epilogue (``bias_residual_leaky``; in bfloat16 its sum is rounded
 once, where separate ops rounded each step), conv_in also writes the TF32 copy of its output that conv_a reads
 (``with_operand``), and the other units' residual adds are elementwise XLA ops on the flat arrays (zero outside the
-pixels stays zero). The backward (`jax.custom_vjp`) is built from the same kernels: the transposed convolutions
-(LeakyReLU's backward fused) and the kernel gradients, the residual gradients added by XLA. With ``dense_cuda`` the
-float32 convolutions take TF32 operands, as the DenseBlock's (`irrm_jax.cuda_kernels`): the residual stream itself
-stays float32, its copies read by the convolutions are rounded (backward, its gradient starts from conv_out's
-transposed convolution, whose ``leaky_grad`` epilogue stores TF32 values, and adds float32 from there).
+pixels stays zero). In inference from weight packs the last unit may be one kernel (`Ops.residual_unit`), which
+takes conv_in's output alone. The backward (`jax.custom_vjp`) is built from the same kernels: the transposed
+convolutions (LeakyReLU's backward fused) and the kernel gradients, the residual gradients added by XLA. With
+``dense_cuda`` the float32 convolutions take TF32 operands, as the DenseBlock's (`irrm_jax.cuda_kernels`): the
+residual stream itself stays float32, its copies read by the convolutions are rounded (backward, its gradient starts
+from conv_out's transposed convolution, whose ``leaky_grad`` epilogue stores TF32 values, and adds float32 from
+there).
 """
 
 import functools
