@@ -557,9 +557,9 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
 // float32 it stages h as it is and rounds each stage to TF32 in place while the stage before it is in the tensor
 // cores: the operand the two-kernel way reads from h's TF32 copy, which is then not needed (the residual is h).
 // Stages (kUnitBuffers buffers, kUnitAhead ahead): conv_a's W / kc of h and conv_a's weights, then conv_b's weights
-// alone, carried on from one item to the next as in the line tiles. The tensor cores wait while a block stores a and
-// its outputs (one block an SM): in float32 the recomputed products nearly cancel the bytes saved
-// (benchmarks/NOTES.md).
+// alone, carried on from one item to the next as in the line tiles. Its stages run in lockstep (one block an SM,
+// each stage's products drained and a barrier before the next), so the tensor cores wait during the epilogues and
+// the barriers: it is worth the copy it spares, not its own time (benchmarks/NOTES.md).
 constexpr int kUnitCols = 64 + 4;
 constexpr int kUnitBuffers = 3;
 constexpr int kUnitAhead = 2;
