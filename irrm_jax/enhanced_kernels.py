@@ -39,14 +39,14 @@ def _forward(layout, ops, x, pack, units, fuse_last=False):
     ``fuse_last`` (inference): the last residual unit in one call where ``ops`` has one that applies
     (`Ops.residual_unit`; its hidden map is then not among the inputs)."""
     inputs = [ops.operand(x)]
+    fused = fuse_last and ops.residual_unit is not None  # the last unit offered to the one kernel
     # conv_in's output and its TF32 copy (the first unit's conv_a reads it), unless the one-kernel unit takes h alone
-    copy = not (fuse_last and units == 1 and ops.residual_unit is not None)
     conv_in = functools.partial(ops.conv, inputs[:1], pack, ["w0.0"], layout, "bias", "b0")
-    h, h_operand = conv_in(with_operand=True) if copy else (conv_in(), None)
+    h, h_operand = (conv_in(), None) if fused and units == 1 else conv_in(with_operand=True)
     last_input = None  # conv_out's: LeakyReLU(h), as the kernels take it
     for i in range(units):
         a, b = 2 * i + 1, 2 * i + 2
-        if fuse_last and i == units - 1 and ops.residual_unit is not None:
+        if fused and i == units - 1:
             last_input = ops.residual_unit(h, pack, (a, b), layout)
             if last_input is not None:
                 break
