@@ -22,12 +22,14 @@ from irrm_jax import dense_kernels as dk
 RUNS, CALLS = 3, 40
 
 
-def unit_pack(kernels: jax.Array, biases: jax.Array) -> dk.WeightPack:
-    """conv_a (layer 1) and conv_b (layer 2): kernels (2, 9, c, c), biases (2, c), with their K-major copies."""
-    arrays = {}
-    for layer, kernel, bias in zip((1, 2), kernels, biases, strict=True):
-        arrays |= {f"w{layer}.0": kernel, f"w{layer}.0.t": jnp.swapaxes(kernel, 1, 2), f"b{layer}": bias}
-    return dk.WeightPack.of(arrays)
+def unit_packs(kernels: jax.Array, biases: jax.Array) -> dk.WeightPack:
+    """Each member's conv_a (layer 0) and conv_b (layer 1), packed as the CUDA kernels read them
+    (`dense_kernels.pack_weights`): kernels (members, 2, 9, c, c), biases (members, 2, c)."""
+
+    def pack(k, b):
+        return dk.pack_weights(cuda_kernels.CUDA, ((k[0],), (k[1],)), (b[0], b[1]))
+
+    return jax.vmap(pack)(kernels, biases)
 
 
 def unit(layout: dk.FlatLayout, one_kernel: bool):
@@ -35,9 +37,9 @@ def unit(layout: dk.FlatLayout, one_kernel: bool):
 
     def one(h, h_operand, pack):
         if one_kernel:
-            return cuda_kernels.residual_unit(h, pack, (1, 2), layout)
-        hidden = cuda_kernels.conv([h_operand], pack, ["w1.0"], layout, "bias_leaky", "b1")
-        return cuda_kernels.conv([hidden], pack, ["w2.0"], layout, "bias_residual_leaky", "b2", residual=h)
+            return cuda_kernels.residual_unit(h, pack, (0, 1), layout)
+        hidden = cuda_kernels.conv([h_operand], pack, ["w0.0"], layout, "bias_leaky", "b0")
+        return cuda_kernels.conv([hidden], pack, ["w1.0"], layout, "bias_residual_leaky", "b1", residual=h)
 
     return jax.jit(jax.vmap(one))
 
@@ -73,9 +75,8 @@ def main(argv=None) -> list[dict]:
         for c in cuda_kernels.UNIT_WIDTHS:
             image = rng.normal(size=(args.members, 1, args.height, args.width, c))
             h = jnp.stack([dk.to_flat(jnp.asarray(x, dtype), layout, c) for x in image])
-            kernels = jnp.asarray(rng.normal(size=(args.members, 2, 9, c, c)) * 0.1, jnp.float32)
-            kernels = cuda_kernels.tf32_operand(kernels).astype(dtype)
-            packs = jax.vmap(unit_pack)(kernels, jnp.asarray(rng.normal(size=(args.members, 2, c)), dtype))
+            kernels = jnp.asarray(rng.normal(size=(args.members, 2, 9, c, c)) * 0.1, dtype)
+            packs = unit_packs(kernels, jnp.asarray(rng.normal(size=(args.members, 2, c)), dtype))
             h_operand = cuda_kernels.tf32_operand(h)
             times = {
                 name: microseconds(unit(layout, name == "one kernel"), h, h_operand, packs)
