@@ -365,20 +365,25 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
   }
 }
 
-// The tensor maps of a wide call's inputs: (members, lines, w2, c) from the first image line, boxes of `box_lines`
-// lines x `box_cols` pixels x 32 bytes, the 32-byte swizzle, zeros outside (cuTensorMapEncodeTiled, from the driver).
-template <typename T>
-cudaError_t input_maps(const Params& p, InputMaps& maps, int box_cols, int box_lines) {
+// The driver's cuTensorMapEncodeTiled, looked up once (null where the driver has none).
+PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
   static PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr;
   if (encode == nullptr) {
     cudaDriverEntryPointQueryResult found;
-    cudaError_t err = cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", reinterpret_cast<void**>(&encode),
-                                                       12000, cudaEnableDefault, &found);
-    if (err != cudaSuccess || found != cudaDriverEntryPointSuccess) {
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", reinterpret_cast<void**>(&encode), 12000,
+                                         cudaEnableDefault, &found) != cudaSuccess ||
+        found != cudaDriverEntryPointSuccess)
       encode = nullptr;
-      return err != cudaSuccess ? err : cudaErrorNotSupported;
-    }
   }
+  return encode;
+}
+
+// The tensor maps of a wide call's inputs: (members, lines, w2, c) from the first image line, boxes of `box_lines`
+// lines x `box_cols` pixels x 32 bytes, the 32-byte swizzle, zeros outside.
+template <typename T>
+cudaError_t input_maps(const Params& p, InputMaps& maps, int box_cols, int box_lines) {
+  const auto encode = tensor_map_encoder();
+  if (encode == nullptr) return cudaErrorNotSupported;
   const CUtensorMapDataType type = sizeof(T) == 2 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
   for (int i = 0; i < p.n_inputs; ++i) {
     const cuuint64_t row = (cuuint64_t)p.c[i] * sizeof(T), image = row * p.w2 * p.lines;
@@ -556,13 +561,13 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
 // sums are the same products in the same order as the two kernels', so the results are theirs bit for bit. In
 // float32 it stages h as it is and rounds each stage to TF32 in place while the stage before it is in the tensor
 // cores: the operand the two-kernel way reads from h's TF32 copy, which is then not needed (the residual is h).
-// Stages (kUnitBuffers buffers, kUnitAhead ahead): conv_a's W / kc of h and conv_a's weights, then conv_b's weights
-// alone, carried on from one item to the next as in the line tiles. Its stages run in lockstep (one block an SM,
-// each stage's products drained and a barrier before the next), so the tensor cores wait during the epilogues and
-// the barriers: it is worth the copy it spares, not its own time (benchmarks/NOTES.md).
+// Stages (kUnitBuffers buffers, loaded two ahead): conv_a's W / kc of h and conv_a's weights, then conv_b's weights
+// alone, carried on from one item to the next as in the line tiles, all by TMA, issued by thread 0. No block barrier
+// orders them: mbarriers do, so that each warpgroup goes on at its own pace (a stage waits for its bytes and, in
+// float32, for every thread's share of its rounding; a buffer is loaded again once every thread's products have read
+// it; a is written once every thread's conv_b has read the item before's, and read once every thread has written it).
 constexpr int kUnitCols = 64 + 4;
 constexpr int kUnitBuffers = 3;
-constexpr int kUnitAhead = 2;
 
 template <typename T, int W>
 struct Unit {
@@ -575,11 +580,19 @@ struct Unit {
   static constexpr int kInputRows = kHiddenRows + 2 * (kUnitCols + 1);  // the rows conv_a's taps read
   static constexpr int kBoxBytes = (kLines + 4) * kUnitCols * kRowBytes;  // of them, those the box copy fills
   static constexpr int kInputBytes = (kInputRows * kRowBytes + 1023) / 1024 * 1024;
-  static constexpr int kStageBytes = kInputBytes + (9 * W * kRowBytes + 1023) / 1024 * 1024;
+  static constexpr int kWeightBoxRows = 9 * W / 2;  // a stage's weights in two boxes (at most 256 rows a box)
+  static constexpr int kWeightBytes = 9 * W * kRowBytes;
+  static constexpr int kStageBytes = kInputBytes + (kWeightBytes + 1023) / 1024 * 1024;
   static constexpr int kHiddenChunkBytes = kHiddenRows * kRowBytes;
   static constexpr int kSmem = kUnitBuffers * kStageBytes + kChunks * kHiddenChunkBytes + 1024;
   static_assert(kLines % kWarpgroups == 0 && kHiddenChunkBytes % 1024 == 0, "tiles and chunks on 1 KB boundaries");
+  static_assert(kWeightBoxRows * kRowBytes % 256 == 0, "the second weight box on the swizzle's 256-byte period");
   static_assert(kSmem <= 227 * 1024, "shared memory of a block");
+};
+
+// The tensor maps of a unit call: h's (as a wide call's input) and conv_a's and conv_b's K-major kernels.
+struct UnitMaps {
+  CUtensorMap h, w[2];
 };
 
 // Item i of a unit call: tile i % tiles (kLines lines from line0, 64 pixels from col0) of member i / tiles.
@@ -630,10 +643,12 @@ __device__ __forceinline__ void round_shared_to_tf32(uint32_t from, int bytes) {
 
 template <typename T, int W>
 __global__ void __launch_bounds__(128 * kWarpgroups, 1)
-    residual_unit_kernel(const __grid_constant__ Params p, const __grid_constant__ InputMaps maps) {
+    residual_unit_kernel(const __grid_constant__ Params p, const __grid_constant__ UnitMaps maps) {
   using U = Unit<T, W>;
   extern __shared__ __align__(128) char smem_raw[];
-  __shared__ __align__(8) uint64_t filled[kUnitBuffers];  // a buffer's stage has arrived
+  // mbarriers: a buffer's stage has arrived (filled), every thread has rounded its share of it (rounded, float32)
+  // and its products have read it (read); every thread has written its part of a (written) and read a (used)
+  __shared__ __align__(8) uint64_t barriers[3 * kUnitBuffers + 2];
   const uint32_t smem = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;
   const uint32_t hidden = smem + kUnitBuffers * U::kStageBytes;  // a: kChunks regions of kHiddenRows 32-byte rows
   constexpr int kThreads = 128 * kWarpgroups, kStages = 2 * U::kChunks;
@@ -642,69 +657,83 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
     return;
   }
   const int end = p.tiles * p.members, step = p.blocks;
-  const uint32_t filled0 = static_cast<uint32_t>(__cvta_generic_to_shared(filled));
+  const uint32_t filled0 = static_cast<uint32_t>(__cvta_generic_to_shared(barriers));
+  const uint32_t rounded0 = filled0 + 8 * kUnitBuffers, read0 = rounded0 + 8 * kUnitBuffers;
+  const uint32_t written = read0 + 8 * kUnitBuffers, used = written + 8;
   if (threadIdx.x == 0) {
-    for (int b = 0; b < kUnitBuffers; ++b) mbarrier_init(filled0 + 8 * b);
+    for (int b = 0; b < kUnitBuffers; ++b) {
+      mbarrier_init(filled0 + 8 * b);
+      mbarrier_init(rounded0 + 8 * b, kThreads);
+      mbarrier_init(read0 + 8 * b, kThreads);
+    }
+    mbarrier_init(written, kThreads);
+    mbarrier_init(used, kThreads);
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   __syncthreads();
 
-  // Every stage completes one phase of its buffer's mbarrier (conv_b's, with no box copy, at once).
-  int load_item = blockIdx.x, load_stage = 0;
+  // Thread 0 loads stage s into buffer s % kUnitBuffers once every thread's products have read stage s - kUnitBuffers
+  // there; each stage completes one phase of its buffer's mbarriers.
+  int load_item = blockIdx.x, loaded = 0;
   Item load_at = place_unit_item<U::kLines>(p, load_item);
-  auto load = [&](int buffer) {
+  auto load = [&]() {
+    if (load_item >= end) return;
+    const int buffer = loaded % kUnitBuffers, in_item = loaded % kStages;
+    if (loaded >= kUnitBuffers) mbarrier_wait(read0 + 8 * buffer, (loaded / kUnitBuffers - 1) & 1);
     const uint32_t stage = smem + buffer * U::kStageBytes, bar = filled0 + 8 * buffer;
-    const bool conv_a = load_stage < U::kChunks;
-    const int chunk = conv_a ? load_stage : load_stage - U::kChunks;
-    if (threadIdx.x == 0) {
-      mbarrier_expect_bytes(bar, conv_a ? U::kBoxBytes : 0);
-      if (conv_a)
-        tma_load_4d(stage, &maps.x[0], chunk * U::kc, load_at.col0 - 2, load_at.line0 - 2,
-                    p.x_step[0] ? load_at.member : 0, bar);
-    }
-    const int k = conv_a ? 0 : 1;
-    const char* w = p.w[k] + load_at.member * p.w_step[k] + (size_t)chunk * 32;
-    copy_kmajor_weights<W, kThreads, false>(stage + U::kInputBytes, w, W, W * (int)sizeof(T), 0);
-    if (++load_stage == kStages) {
-      load_stage = 0;
+    const bool conv_a = in_item < U::kChunks;
+    const int chunk = conv_a ? in_item : in_item - U::kChunks;
+    mbarrier_expect_bytes(bar, (conv_a ? U::kBoxBytes : 0) + U::kWeightBytes);
+    if (conv_a)
+      tma_load_4d(stage, &maps.h, chunk * U::kc, load_at.col0 - 2, load_at.line0 - 2, p.x_step[0] ? load_at.member : 0,
+                  bar);
+    for (int box = 0; box < 2; ++box)
+      tma_load_3d(stage + U::kInputBytes + box * U::kWeightBoxRows * kRowBytes, &maps.w[conv_a ? 0 : 1],
+                  chunk * U::kc, box * U::kWeightBoxRows, p.w_step[conv_a ? 0 : 1] ? load_at.member : 0, bar);
+    if (++loaded % kStages == 0) {
       load_item += step;
       if (load_item < end) load_at = place_unit_item<U::kLines>(p, load_item);
     }
   };
-  for (int s = 0; s < kUnitAhead; ++s) {
-    if (load_item < end) load(s);
-    cp_async_commit();
-  }
+  if (threadIdx.x == 0) load();  // stage 0; then stage s + 1 while stage s - 1's products run (meanwhile)
+  __syncwarp();
+
   int sg = 0;  // stages consumed: stage sg is in buffer sg % kUnitBuffers
-  // waits for the next stage and loads the one kUnitAhead on; returns the stage's weights
+  // waits for the next stage (its bytes, and in float32 every thread's rounding of it); returns its buffer
   auto next_stage = [&]() {
-    const int buffer = sg % kUnitBuffers;
-    cp_async_wait<kUnitAhead - 1>();
-    fence_proxy_async();  // the weights' cp.async, and a's stores into shared memory, visible to the products
-    mbarrier_wait(filled0 + 8 * buffer, (sg / kUnitBuffers) & 1);
-    __syncthreads();  // stage sg is in; stage sg - 1's products are done (each warpgroup waited for them)
-    if (load_item < end) load((sg + kUnitAhead) % kUnitBuffers);
-    cp_async_commit();
-    ++sg;
+    const int buffer = sg % kUnitBuffers, parity = (sg / kUnitBuffers) & 1;
+    mbarrier_wait(filled0 + 8 * buffer, parity);
+    if (sizeof(T) == 4 && sg % kStages < U::kChunks) mbarrier_wait(rounded0 + 8 * buffer, parity);
     return smem + buffer * U::kStageBytes;
   };
+  // after the stage's products: its buffer read, and the next one
+  auto stage_done = [&]() { mbarrier_arrive(read0 + 8 * (sg++ % kUnitBuffers)); };
 
   const int group = threadIdx.x >> 7, warp = (threadIdx.x >> 5) & 3, lane = threadIdx.x & 31;
   using Pair = std::conditional_t<sizeof(T) == 4, float2, __nv_bfloat162>;
-  // float32: h is staged as it is, and each conv_a stage is rounded to TF32 in place (the operand the two-kernel
-  // way reads from h's TF32 copy) while the stage before it is in the tensor cores (the block's first one here)
-  auto round_next = [&]() {
+  // While a stage's products run: in float32, this thread's share of the next stage rounded to TF32 in place if it is
+  // conv_a's (the operand the two-kernel way reads from h's TF32 copy; the block's first stage before its loop), and
+  // an arrival on its rounded mbarrier either way; thread 0 loads stage next + 1 (two on: its buffer's stage before
+  // is the one whose products this thread read last)
+  auto meanwhile = [&](int next) {
     if constexpr (sizeof(T) == 4) {
-      if (sg % kStages >= U::kChunks || blockIdx.x + sg / kStages * step >= end) return;  // conv_b's, or none
-      const int buffer = sg % kUnitBuffers;
-      mbarrier_wait(filled0 + 8 * buffer, (sg / kUnitBuffers) & 1);
-      round_shared_to_tf32<kThreads>(smem + buffer * U::kStageBytes, U::kBoxBytes);
-      fence_proxy_async();
+      if (blockIdx.x + next / kStages * step < end) {
+        const int buffer = next % kUnitBuffers;
+        if (next % kStages < U::kChunks) {
+          mbarrier_wait(filled0 + 8 * buffer, (next / kUnitBuffers) & 1);
+          round_shared_to_tf32<kThreads>(smem + buffer * U::kStageBytes, U::kBoxBytes);
+          fence_proxy_async();
+        }
+        mbarrier_arrive(rounded0 + 8 * buffer);
+      }
     }
+    if (threadIdx.x == 0) load();
+    __syncwarp();
   };
-  round_next();
+  meanwhile(0);
+  int items = 0;  // items this block has computed
 #pragma unroll 1
-  for (int item = blockIdx.x; item < end; item += step) {
+  for (int item = blockIdx.x; item < end; item += step, ++items) {
     const Item at = place_unit_item<U::kLines>(p, item);
     {  // conv_a over the staged image's flat rows from kUnitCols + 1, this warpgroup's kA tiles
       float acc[U::kA][W / 8][4];
@@ -712,12 +741,15 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
 #pragma unroll 1
       for (int s = 0; s < U::kChunks; ++s) {
         const uint32_t stage = next_stage(), tile0 = stage + (kUnitCols + 1 + group * U::kA * 64) * kRowBytes;
-        unit_products<T, W, U::kA, 64>(acc, tile0, stage + U::kInputBytes, round_next);
+        unit_products<T, W, U::kA, 64>(acc, tile0, stage + U::kInputBytes, [&]() { meanwhile(sg + 1); });
+        stage_done();
       }
-      // a = LeakyReLU(sum + b_a) (TF32 in float32), zero outside the image, into the hidden regions: hidden row r is
-      // staged pixel kUnitCols + 1 + r, i.e. line line0 - 2 + (r + kUnitCols + 1) / kUnitCols, column col0 - 2 + the
-      // rest; channel n is byte 4 n (2 n) of row r in region n / kc, swizzled as the products read it
+      // a = LeakyReLU(sum + b_a) (TF32 in float32), zero outside the image, into the hidden regions once every
+      // thread's conv_b has read the item before's: hidden row r is staged pixel kUnitCols + 1 + r, i.e. line line0 - 2
+      // + (r + kUnitCols + 1) / kUnitCols, column col0 - 2 + the rest; channel n is byte 4 n (2 n) of row r in region
+      // n / kc, swizzled as the products read it
       const T* bias = reinterpret_cast<const T*>(p.extra + at.member * p.extra_step);
+      if (items > 0) mbarrier_wait(used, (items - 1) & 1);
 #pragma unroll
       for (int m = 0; m < U::kA; ++m)
 #pragma unroll
@@ -751,6 +783,8 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
             }
           }
         }
+      fence_proxy_async();  // a's stores visible to the products
+      mbarrier_arrive(written);
     }
     // conv_b's output pixels: line line0 + l (l = group * kB + m), hidden row (l + 1) * kUnitCols + 1 on. The
     // epilogue's operands, the bias and the residual h at each accumulator element (pairs as stored), are loaded
@@ -786,12 +820,15 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
     if constexpr (kEarly) load_residual();
     float acc[U::kB][W / 8][4];
     zero_accumulators(acc);
+    mbarrier_wait(written, items & 1);
 #pragma unroll 1
     for (int s = 0; s < U::kChunks; ++s) {
       const uint32_t stage = next_stage();
       const uint32_t tile0 = hidden + s * U::kHiddenChunkBytes + ((group * U::kB + 1) * kUnitCols + 1) * kRowBytes;
-      unit_products<T, W, U::kB, kUnitCols>(acc, tile0, stage + U::kInputBytes, round_next);
+      unit_products<T, W, U::kB, kUnitCols>(acc, tile0, stage + U::kInputBytes, [&]() { meanwhile(sg + 1); });
+      stage_done();
     }
+    mbarrier_arrive(used);
     if constexpr (!kEarly) load_residual();
     // out = LeakyReLU(sum + b_b + h) (TF32 in float32; the bias added before the residual, as XLA adds them), zero
     // outside the image
@@ -826,6 +863,30 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
   }
 }
 
+// The tensor maps of a unit call: h's as a wide call's input, each kernel k as (members, 9 W rows, W channels) from
+// p.w[k], boxes of kc channels x kWeightBoxRows rows, the 32-byte swizzle (as the stages hold them).
+template <typename T, int W>
+cudaError_t unit_maps(const Params& p, UnitMaps& maps) {
+  using U = Unit<T, W>;
+  InputMaps inputs{};
+  cudaError_t err = input_maps<T>(p, inputs, kUnitCols, U::kLines + 4);
+  if (err != cudaSuccess) return err;
+  maps.h = inputs.x[0];
+  const auto encode = tensor_map_encoder();
+  const CUtensorMapDataType type = sizeof(T) == 2 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT32;
+  const cuuint64_t row = W * sizeof(T), kernel = 9 * W * row;
+  for (int k = 0; k < 2; ++k) {
+    const cuuint64_t dims[3] = {W, 9 * W, p.w_step[k] ? (cuuint64_t)p.members : 1};
+    const cuuint64_t strides[2] = {row, p.w_step[k] ? (cuuint64_t)p.w_step[k] : kernel};
+    const cuuint32_t box[3] = {U::kc, U::kWeightBoxRows, 1}, unit[3] = {1, 1, 1};
+    if (encode(&maps.w[k], type, 3, const_cast<char*>(p.w[k]), dims, strides, box, unit, CU_TENSOR_MAP_INTERLEAVE_NONE,
+               CU_TENSOR_MAP_SWIZZLE_32B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) !=
+        CUDA_SUCCESS)
+      return cudaErrorInvalidValue;
+  }
+  return cudaSuccess;
+}
+
 template <typename T, int W>
 cudaError_t launch_unit(Params p, cudaStream_t stream) {
   using U = Unit<T, W>;
@@ -834,9 +895,9 @@ cudaError_t launch_unit(Params p, cudaStream_t stream) {
   if (err != cudaSuccess) return err;
   p.col_tiles = (p.w2 + 63) / 64;
   p.tiles = (p.lines + U::kLines - 1) / U::kLines * p.col_tiles;
-  InputMaps maps{};
+  UnitMaps maps{};
   int device, sms, resident;
-  err = input_maps<T>(p, maps, kUnitCols, U::kLines + 4);
+  err = unit_maps<T, W>(p, maps);
   if (err == cudaSuccess) err = cudaGetDevice(&device);
   if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
   if (err == cudaSuccess)
@@ -889,6 +950,8 @@ ffi::Error ResidualUnitImpl(cudaStream_t stream, ffi::AnyBuffer h, ffi::AnyBuffe
   p.extra_step = pack_step;
   if (pack_step < 0 || p.out_step < 0 || p.x_step[0] < 0 || p.residual_step < 0)
     return ffi::Error::InvalidArgument("residual_unit: operands batched over one leading axis (vmap) at most");
+  if (pack_step % 16 != 0)  // the kernels' tensor maps step from one member's to the next
+    return ffi::Error::InvalidArgument("residual_unit: a batched pack's members must be multiples of 16 bytes");
   p.out = static_cast<char*>(out->untyped_data());
   p.margin = margin;
   p.h2 = (int)height + 2;

@@ -147,9 +147,13 @@ __device__ __forceinline__ void wgmma<float, 2>(float (&acc)[2][4], uint64_t a, 
 
 // The tensor memory accelerator (TMA, sm_90): one thread issues a box copy of a tensor (described by a CUtensorMap,
 // cuTensorMapEncodeTiled) into shared memory, and an mbarrier counts the bytes in: `mbarrier_expect_bytes` arms it
-// for one phase, `mbarrier_wait` waits for that phase (its parity) to complete.
-__device__ __forceinline__ void mbarrier_init(uint32_t bar) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n" ::"r"(bar) : "memory");
+// for one phase, `mbarrier_wait` waits for that phase (its parity) to complete. An mbarrier of `count` arrivals
+// (`mbarrier_arrive`) also tells threads that others are done with shared memory.
+__device__ __forceinline__ void mbarrier_init(uint32_t bar, int count = 1) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbarrier_arrive(uint32_t bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
 }
 __device__ __forceinline__ void mbarrier_expect_bytes(uint32_t bar, int bytes) {
   asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
@@ -158,6 +162,14 @@ __device__ __forceinline__ void mbarrier_wait(uint32_t bar, int parity) {
   asm volatile(
       "{\n.reg .pred done;\nwait:\nmbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n@!done bra wait;\n}\n" ::"r"(bar),
       "r"(parity)
+      : "memory");
+}
+__device__ __forceinline__ void tma_load_3d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2,
+                                            uint32_t bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.3d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], "
+      "[%5];\n" ::"r"(dst),
+      "l"(reinterpret_cast<uint64_t>(map)), "r"(c0), "r"(c1), "r"(c2), "r"(bar)
       : "memory");
 }
 __device__ __forceinline__ void tma_load_4d(uint32_t dst, const CUtensorMap* map, int c0, int c1, int c2, int c3,
