@@ -790,12 +790,18 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
     // epilogue's operands, the bias and the residual h at each accumulator element (pairs as stored), are loaded
     // before the products in float32, to arrive while they run (from L2: the stages brought h there); in bfloat16
     // after them, as the registers do not hold them beside the products
-    auto place = [&](int m, int half, bool& written, bool& inside) {
-      const int line = at.line0 + group * U::kB + m, col = at.col0 + 16 * warp + (lane >> 2) + 8 * half;
-      const int y = line % p.h2;
-      written = line < p.lines && col < p.w2;
-      inside = col >= 1 && col <= p.w2 - 2 && y >= 1 && y <= p.h2 - 2;
-      return written ? p.margin + (long long)line * p.w2 + col : p.zero_tail - 1;
+    // f(m, half, row, written, inside) for each of this thread's pixels (rows of out: a row of zeros if not written)
+    auto each_pixel = [&](auto&& f) {
+#pragma unroll
+      for (int m = 0; m < U::kB; ++m)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int line = at.line0 + group * U::kB + m, col = at.col0 + 16 * warp + (lane >> 2) + 8 * half;
+          const int y = line % p.h2;
+          const bool written = line < p.lines && col < p.w2;
+          const bool inside = col >= 1 && col <= p.w2 - 2 && y >= 1 && y <= p.h2 - 2;
+          f(m, half, written ? p.margin + (long long)line * p.w2 + col : p.zero_tail - 1, written, inside);
+        }
     };
     T* out = reinterpret_cast<T*>(p.out + at.member * p.out_step);
     const T* residual = reinterpret_cast<const T*>(p.residual + at.member * p.residual_step);
@@ -805,16 +811,11 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
 #pragma unroll
     for (int j = 0; j < W / 8; ++j) load_pair(bias_b + j * 8 + 2 * (lane & 3), bias[j][0], bias[j][1]);
     auto load_residual = [&]() {
+      each_pixel([&](int m, int half, long long row, bool, bool) {
 #pragma unroll
-      for (int m = 0; m < U::kB; ++m)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          bool written, inside;
-          const long long row = place(m, half, written, inside);
-#pragma unroll
-          for (int j = 0; j < W / 8; ++j)
-            operand[m][half][j] = *reinterpret_cast<const Pair*>(residual + row * W + j * 8 + 2 * (lane & 3));
-        }
+        for (int j = 0; j < W / 8; ++j)
+          operand[m][half][j] = *reinterpret_cast<const Pair*>(residual + row * W + j * 8 + 2 * (lane & 3));
+      });
     };
     constexpr bool kEarly = sizeof(T) == 4;
     if constexpr (kEarly) load_residual();
@@ -832,34 +833,29 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
     if constexpr (!kEarly) load_residual();
     // out = LeakyReLU(sum + b_b + h) (TF32 in float32; the bias added before the residual, as XLA adds them), zero
     // outside the image
+    each_pixel([&](int m, int half, long long row, bool written, bool inside) {
+      if (!written) return;
 #pragma unroll
-    for (int m = 0; m < U::kB; ++m)
-#pragma unroll
-      for (int half = 0; half < 2; ++half) {
-        bool written, inside;
-        const long long row = place(m, half, written, inside);
-        if (!written) continue;
-#pragma unroll
-        for (int j = 0; j < W / 8; ++j) {
-          float v[2], r[2];
-          if constexpr (sizeof(T) == 4) {
-            r[0] = operand[m][half][j].x;
-            r[1] = operand[m][half][j].y;
-          } else {
-            const float2 f = __bfloat1622float2(operand[m][half][j]);
-            r[0] = f.x;
-            r[1] = f.y;
-          }
-#pragma unroll
-          for (int e = 0; e < 2; ++e) {
-            v[e] = acc[m][j][2 * half + e] + bias[j][e] + r[e];
-            v[e] = v[e] >= 0.f ? v[e] : kSlope * v[e];
-            if (sizeof(T) == 4) v[e] = to_tf32(v[e]);
-            if (!inside) v[e] = 0.f;
-          }
-          store_pair(out + row * W + j * 8 + 2 * (lane & 3), v[0], v[1]);
+      for (int j = 0; j < W / 8; ++j) {
+        float v[2], r[2];
+        if constexpr (sizeof(T) == 4) {
+          r[0] = operand[m][half][j].x;
+          r[1] = operand[m][half][j].y;
+        } else {
+          const float2 f = __bfloat1622float2(operand[m][half][j]);
+          r[0] = f.x;
+          r[1] = f.y;
         }
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          v[e] = acc[m][j][2 * half + e] + bias[j][e] + r[e];
+          v[e] = v[e] >= 0.f ? v[e] : kSlope * v[e];
+          if (sizeof(T) == 4) v[e] = to_tf32(v[e]);
+          if (!inside) v[e] = 0.f;
+        }
+        store_pair(out + row * W + j * 8 + 2 * (lane & 3), v[0], v[1]);
       }
+    });
   }
 }
 
