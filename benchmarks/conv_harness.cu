@@ -143,6 +143,10 @@ int main(int argc, char** argv) {
   bench<float>(t, "f32 1020 L3 fwd", 1, 678, 1020, {16, 32, 32}, 32, kBiasLeaky, false);
   bench<float>(t, "f32 1020 L4 fwd", 1, 678, 1020, {16, 32, 32, 32}, 32, kBiasLeaky, false);
   bench<float>(t, "f32 1020 L5 fwd", 1, 678, 1020, {16, 32, 32, 32, 32}, 16, kBias, false);
+  // ... layer 5's sums over x to x3 in layer 4's call (48 outputs), then layer 5 from x4 and those sums alone (a
+  // 16-channel residual; benchmarks/NOTES.md, Next 2)
+  bench<float>(t, "f32 1020 L4 fwd 48out", 1, 678, 1020, {16, 32, 32, 32}, 48, kBias, false);
+  bench<float>(t, "f32 1020 L5 x4 res", 1, 678, 1020, {32}, 16, kBiasResidualLeaky, false);
   bench<float>(t, "f32 510 L1 fwd", 1, 339, 510, {48}, 32, kBiasLeaky, false);
   bench<float>(t, "f32 510 L2 fwd", 1, 339, 510, {48, 32}, 32, kBiasLeaky, false);
   bench<float>(t, "f32 510 L4 fwd", 1, 339, 510, {48, 32, 32, 32}, 32, kBiasLeaky, false);
@@ -153,6 +157,8 @@ int main(int argc, char** argv) {
   bench<__nv_bfloat16>(t, "bf16 1020 L3 fwd", 1, 678, 1020, {16, 32, 32}, 32, kBiasLeaky, false);
   bench<__nv_bfloat16>(t, "bf16 1020 L4 fwd", 1, 678, 1020, {16, 32, 32, 32}, 32, kBiasLeaky, false);
   bench<__nv_bfloat16>(t, "bf16 1020 L5 fwd", 1, 678, 1020, {16, 32, 32, 32, 32}, 16, kBias, false);
+  bench<__nv_bfloat16>(t, "bf16 1020 L4 fwd 48out", 1, 678, 1020, {16, 32, 32, 32}, 48, kBias, false);
+  bench<__nv_bfloat16>(t, "bf16 1020 L5 x4 res", 1, 678, 1020, {32}, 16, kBiasResidualLeaky, false);
   bench<__nv_bfloat16>(t, "bf16 510 L2 fwd", 1, 339, 510, {48, 32}, 32, kBiasLeaky, false);
   bench<__nv_bfloat16>(t, "bf16 510 L4 fwd", 1, 339, 510, {48, 32, 32, 32}, 32, kBiasLeaky, false);
   bench<__nv_bfloat16>(t, "bf16 510 L5 fwd 48out", 1, 339, 510, {48, 32, 32, 32, 32}, 48, kBias, false);
