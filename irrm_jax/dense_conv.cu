@@ -459,6 +459,16 @@ cudaError_t launch_conv(const Params& p, int epilogue, bool transpose, cudaStrea
   return launch_direction<T, 16>(p, epilogue, transpose, stream);
 }
 
+// The flat layout's fields of a call's Params (dense_kernels.FlatLayout): n images of h x w, `margin` rows before them.
+void set_layout(Params& p, int64_t n, int64_t h, int64_t w, int64_t margin) {
+  p.margin = margin;
+  p.h2 = (int)h + 2;
+  p.w2 = (int)w + 2;
+  p.lines = (int)n * p.h2;
+  p.zero_head = p.margin;
+  p.zero_tail = p.margin + (long long)p.lines * p.w2;
+}
+
 ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Result<ffi::AnyBuffer> out,
                          std::optional<ffi::Result<ffi::AnyBuffer>> out_tf32, int64_t n, int64_t h, int64_t w,
                          int64_t margin, int64_t n_inputs, int64_t epilogue, ffi::Span<const int64_t> kernel_offsets,
@@ -538,12 +548,7 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
       return ffi::Error::InvalidArgument("dense_conv: a TF32 copy goes with float32 outputs of the bias epilogue");
     p.out_tf32 = static_cast<char*>((*out_tf32)->untyped_data());
   }
-  p.margin = margin;
-  p.h2 = (int)h + 2;
-  p.w2 = (int)w + 2;
-  p.lines = (int)n * p.h2;
-  p.zero_head = p.margin;
-  p.zero_tail = p.margin + (long long)p.lines * p.w2;
+  set_layout(p, n, h, w, margin);
   const cudaError_t err = dtype == ffi::DataType::BF16
                               ? launch_conv<__nv_bfloat16>(p, (int)epilogue, transpose, stream)
                               : launch_conv<float>(p, (int)epilogue, transpose, stream);
@@ -949,13 +954,8 @@ ffi::Error ResidualUnitImpl(cudaStream_t stream, ffi::AnyBuffer h, ffi::AnyBuffe
   if (pack_step % 16 != 0)  // the kernels' tensor maps step from one member's to the next
     return ffi::Error::InvalidArgument("residual_unit: a batched pack's members must be multiples of 16 bytes");
   p.out = static_cast<char*>(out->untyped_data());
-  p.margin = margin;
-  p.h2 = (int)height + 2;
-  p.w2 = (int)w + 2;
+  set_layout(p, n, height, w, margin);
   if (p.w2 <= kRangeMaxRowWidth) return ffi::Error::InvalidArgument("residual_unit: rows wider than 94 pixels only");
-  p.lines = (int)n * p.h2;
-  p.zero_head = p.margin;
-  p.zero_tail = p.margin + (long long)p.lines * p.w2;
   cudaError_t err;
   if (dtype == ffi::DataType::BF16)
     err = p.cout == 32 ? launch_unit<__nv_bfloat16, 32>(p, stream) : launch_unit<__nv_bfloat16, 48>(p, stream);
