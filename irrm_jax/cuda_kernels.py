@@ -44,7 +44,16 @@ TARGETS = {  # FFI name: symbol
     "irrm_residual_unit": "IrrmResidualUnit",
     "irrm_dense_weight_grad": "IrrmDenseWeightGrad",
 }
-EPILOGUES = {"none": 0, "bias": 1, "bias_leaky": 2, "leaky_grad": 3, "bias_residual_leaky": 4}  # dense_conv.cu's
+EPILOGUES = {  # dense_conv.cu's
+    "none": 0,
+    "bias": 1,
+    "bias_leaky": 2,
+    "leaky_grad": 3,
+    "bias_residual_leaky": 4,
+    "bias_residual": 5,
+    "bias_leaky_and_sums": 6,  # `last_two_layers`' first call
+}
+JOINT_WIDTH = 48  # the most outputs of one product (dense_conv.cu's N): a DenseBlock's last two layers' together
 # Kernel-gradient blocks a call, about: groups of rows = this / the inputs' 16-channel chunks (fewer where there are
 # fewer tiles). 256 summed the training step's layers faster than 128 or 512 on an H100, a call a layer and again with
 # a call for a block's layers (benchmarks/NOTES.md).
@@ -183,25 +192,55 @@ def conv(
     dense_kernels.check_options(epilogue, residual, with_operand)
     copy = with_operand and inputs[0].dtype == jnp.float32  # bfloat16 outputs are their own operands
     cout = pack.slot(kernels[0])[1][1 if transpose else 2]
-    bias = epilogue in dense_kernels.BIAS_EPILOGUES
-    kmajor = kernels if transpose else [f"{k}.t" for k in kernels]  # (9, cout, c) either way
     out_type = jax.ShapeDtypeStruct((layout.rows, cout), inputs[0].dtype)
-    call = jax.ffi.ffi_call("irrm_dense_conv", (out_type, out_type) if copy else out_type, vmap_method=VMAP_METHOD)
-    out = call(
-        *inputs,
-        pack.buffer,
-        *([extra] if epilogue == "leaky_grad" else []),
-        *([] if residual is None else [residual]),
-        **_layout_attributes(layout),
-        n_inputs=np.int64(len(inputs)),
-        epilogue=np.int64(EPILOGUES[epilogue]),
-        kernel_offsets=np.array([pack.slot(k)[0] for k in kmajor], np.int64),
-        bias_offset=np.int64(pack.slot(extra)[0] if bias else -1),
-        transpose=bool(transpose),
+    out = _dense_conv(
+        [out_type] * 2 if copy else out_type,
+        inputs,
+        pack,
+        kernels if transpose else [f"{k}.t" for k in kernels],  # (9, cout, c) either way
+        layout,
+        epilogue,
+        extra if epilogue in dense_kernels.BIAS_EPILOGUES else None,
+        [extra] if epilogue == "leaky_grad" else [] if residual is None else [residual],
+        transpose,
     )
     if copy:
         return tuple(out)
     return (out, out) if with_operand else out
+
+
+def _dense_conv(out_types, inputs, pack, kmajor, layout, epilogue, bias, flat, transpose=False):
+    """One call of the convolution kernel: its result types (one, or two: the TF32 copy or the sums), the inputs, the
+    names of their K-major kernels (9, cout, c) in the pack and of the bias (or None), the epilogue's flat operands."""
+    call = jax.ffi.ffi_call("irrm_dense_conv", out_types, vmap_method=VMAP_METHOD)
+    return call(
+        *inputs,
+        pack.buffer,
+        *flat,
+        **_layout_attributes(layout),
+        n_inputs=np.int64(len(inputs)),
+        epilogue=np.int64(EPILOGUES[epilogue]),
+        kernel_offsets=np.array([pack.slot(k)[0] for k in kmajor], np.int64),
+        bias_offset=np.int64(-1 if bias is None else pack.slot(bias)[0]),
+        transpose=bool(transpose),
+    )
+
+
+def last_two_layers(feats: list, pack: WeightPack, layout: FlatLayout, k: int) -> list[jax.Array] | None:
+    """A DenseBlock's last two layers, k and k + 1, in two calls (`dense_kernels.Ops.last_two_layers`): the first
+    computes layer k's outputs from ``feats`` (bias, LeakyReLU: the block's feature map x_{k+1}) and, as more outputs
+    of the same products, layer k + 1's sums over those inputs (``bias_leaky_and_sums``, from the pack's joint
+    kernels, `dense_kernels.joint_kernel`); the second, layer k + 1, reads x_{k+1} alone and adds its bias and those
+    sums (``bias_residual``). Layer k + 1 thus reads none of its inputs twice. Returns [x_{k+1}, the block's output],
+    or None where the kernels do not compute (full float32). The sums are stored in the compute dtype: in bfloat16
+    layer k + 1's output is rounded once more than from one call's sums."""
+    if not computes(feats[0].dtype):
+        return None
+    joint = [dense_kernels.joint_kernel(k, i) for i in range(len(feats))]
+    split, width = pack.slot(f"b{k}")[1][0], pack.slot(joint[0])[1][1]
+    types = [jax.ShapeDtypeStruct((layout.rows, c), feats[0].dtype) for c in (split, width - split)]
+    x_next, sums = _dense_conv(types, feats, pack, joint, layout, "bias_leaky_and_sums", f"b{k}", [])
+    return [x_next, conv([x_next], pack, [f"w{k + 1}.{k + 1}"], layout, "bias_residual", f"b{k + 1}", residual=sums)]
 
 
 UNIT_WIDTHS = (32, 48)  # the residual unit's kernel: channels (dense_conv.cu's), rows of UNIT_MIN_WIDTH pixels or more
@@ -287,4 +326,13 @@ def channels(c: int, dtype) -> int:
     return -(-c // 16) * 16 if computes(dtype) else dense_kernels.padded_channels(c)
 
 
-CUDA = dense_kernels.Ops(conv, weight_grads, tf32_operand, channels, kmajor_copies=True, residual_unit=residual_unit)
+CUDA = dense_kernels.Ops(
+    conv,
+    weight_grads,
+    tf32_operand,
+    channels,
+    kmajor_copies=True,
+    residual_unit=residual_unit,
+    last_two_layers=last_two_layers,
+    joint_width=JOINT_WIDTH,
+)

@@ -27,8 +27,18 @@ using namespace dense_cuda;
 
 constexpr int kRowBytes = 32;  // a staged pixel's channels; its two 16-byte halves swap every 4 rows (swizzled)
 
-// kBiasResidualLeaky: LeakyReLU(sum + bias + residual), the residual a flat array like the output
-enum Epilogue { kNone = 0, kBias = 1, kBiasLeaky = 2, kLeakyGrad = 3, kBiasResidualLeaky = 4 };
+// kBiasResidualLeaky: LeakyReLU(sum + bias + residual), the residual a flat array like the output; kBiasResidual: the
+// same without the LeakyReLU; kBiasLeakyAndSums: kBiasLeaky for the outputs before `split`, the sums alone for the
+// others, written to a second array (a DenseBlock's layer and the next one's sums over the same inputs)
+enum Epilogue {
+  kNone = 0,
+  kBias = 1,
+  kBiasLeaky = 2,
+  kLeakyGrad = 3,
+  kBiasResidualLeaky = 4,
+  kBiasResidual = 5,
+  kBiasLeakyAndSums = 6
+};
 
 struct Params {
   const char* x[kMaxInputs];  // flat inputs (rows, c[i])
@@ -36,7 +46,7 @@ struct Params {
   int c[kMaxInputs];
   int n_inputs;
   const char* extra;     // bias (cout,) or the activation (rows, cout) for kLeakyGrad
-  const char* residual;  // kBiasResidualLeaky's (rows, cout)
+  const char* residual;  // kBiasResidualLeaky's and kBiasResidual's (rows, cout)
   const char* unit_bias;  // the residual unit's second bias (conv_b's; conv_a's is extra)
   char* out;             // (rows, cout)
   char* out_tf32;        // kBias in float32: a copy of out rounded to TF32 (the next convolution's input), or null
@@ -49,6 +59,9 @@ struct Params {
   int members;                     // convolutions in a call (a vmapped batch)
   int blocks;  // blocks computing items along x (flat ranges: the tiles); kZeroBlocks more after them zero the margins
   long long zero_head, zero_tail;  // the rows outside the image lines: [0, zero_head) and [zero_tail, rows)
+  char* sums;  // kBiasLeakyAndSums: the outputs from `split` on (rows, cout - split), out holding those before it
+  int split;
+  long long sums_step;
 };
 
 constexpr int kZeroBlocks = 8;
@@ -104,9 +117,20 @@ __device__ __forceinline__ void zero_accumulators(float (&acc)[M][J][4]) {
 }
 
 // A margin block's work (blocks p.blocks to p.blocks + kZeroBlocks - 1 of a call): zero its share of the rows outside
-// the image lines, [0, zero_head) and [zero_tail, rows), of the output and of its TF32 copy if any.
-template <typename T>
+// the image lines, [0, zero_head) and [zero_tail, rows), of the output and of its TF32 copy if any; with SUMS
+// (kBiasLeakyAndSums), of the output's two arrays, one at a time.
+template <typename T, bool SUMS = false>
 __device__ __forceinline__ void zero_margins(const Params& p) {
+  if constexpr (SUMS) {
+    Params part = p;
+    part.cout = p.split;
+    zero_margins<T>(part);
+    part.cout = p.cout - p.split;
+    part.out = p.sums;
+    part.out_step = p.sums_step;
+    zero_margins<T>(part);
+    return;
+  }
   const long long row_bytes = (long long)p.cout * sizeof(T);
   const long long head = p.zero_head * row_bytes / 16, tail = (p.rows - p.zero_tail) * row_bytes / 16;
   for (int copy = 0; copy < (p.out_tf32 != nullptr ? 2 : 1); ++copy)
@@ -197,7 +221,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
   const uint32_t smem = (static_cast<uint32_t>(__cvta_generic_to_shared(smem_raw)) + 1023) & ~1023u;  // 1 KB aligned
   constexpr int kc = 32 / sizeof(T), kThreads = 128 * kWarpgroups, kTiles = WIDE ? kWideTiles : kRangeTiles;
   if ((int)blockIdx.x >= p.blocks) {  // a margin block
-    if (blockIdx.y == 0 && blockIdx.z == 0) zero_margins<T>(p);
+    if (blockIdx.y == 0 && blockIdx.z == 0) zero_margins<T, EPI == kBiasLeakyAndSums>(p);
     return;
   }
   const int rows = stage_rows<WIDE>(p.w2), width = WIDE ? kWideCols : p.w2;  // the stage's rows and W
@@ -259,6 +283,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
     const long long r0 = at.r0;
     T* out = reinterpret_cast<T*>(p.out + member * p.out_step);
     T* out_tf32 = p.out_tf32 == nullptr ? nullptr : reinterpret_cast<T*>(p.out_tf32 + member * p.out_step);
+    T* sums = p.sums == nullptr ? nullptr : reinterpret_cast<T*>(p.sums + member * p.sums_step);
     const T* extra = reinterpret_cast<const T*>(p.extra + member * p.extra_step);
     const T* residual = reinterpret_cast<const T*>(p.residual + member * p.residual_step);
     float acc[kTiles][NT / 8][4];
@@ -310,12 +335,23 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
         return row < p.zero_tail;
       }
     };
-    constexpr bool kPerElement = EPI == kLeakyGrad || EPI == kBiasResidualLeaky;  // an operand (rows, cout)
+    constexpr bool kResidual = EPI == kBiasResidualLeaky || EPI == kBiasResidual;
+    constexpr bool kPerElement = EPI == kLeakyGrad || kResidual;  // an operand (rows, cout)
+    constexpr bool kFeature =  // a feature map or its gradient (read by these kernels)
+        EPI == kBiasLeaky || EPI == kBiasResidualLeaky || EPI == kLeakyGrad || EPI == kBiasLeakyAndSums;
     constexpr int kGroup = !kPerElement || kTiles * NT <= 128 ? kTiles : EPI == kLeakyGrad ? kTiles / 2 : 1;
-    float bias[NT / 8][2];  // kBiasResidualLeaky's, added before the residual (as XLA adds them)
-    if constexpr (EPI == kBiasResidualLeaky)
+    float bias[NT / 8][2];  // the residual epilogues' (added before the residual, as XLA adds them); out's part's
+    if constexpr (kResidual)
 #pragma unroll
       for (int j = 0; j < NT / 8; ++j) load_pair(extra + n0 + j * 8 + 2 * (lane & 3), bias[j][0], bias[j][1]);
+    if constexpr (EPI == kBiasLeakyAndSums) {
+#pragma unroll
+      for (int j = 0; j < NT / 8; ++j) {
+        const int n = n0 + j * 8 + 2 * (lane & 3);
+        bias[j][0] = bias[j][1] = 0.f;
+        if (n < p.split) load_pair(extra + n, bias[j][0], bias[j][1]);
+      }
+    }
 #pragma unroll
     for (int m0 = 0; m0 < kTiles; m0 += kGroup) {
       // at each accumulator element: the bias, kLeakyGrad's activations or the residual
@@ -333,7 +369,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
             float(&pair)[2] = operand[g][half][j];
             if (EPI == kBias || EPI == kBiasLeaky) load_pair(extra + n, pair[0], pair[1]);
             if (EPI == kLeakyGrad) load_pair(extra + row * p.cout + n, pair[0], pair[1]);
-            if (EPI == kBiasResidualLeaky) load_pair(residual + row * p.cout + n, pair[0], pair[1]);
+            if (kResidual) load_pair(residual + row * p.cout + n, pair[0], pair[1]);
           }
         }
 #pragma unroll
@@ -346,17 +382,30 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
 #pragma unroll
           for (int j = 0; j < NT / 8; ++j) {
             float v[2] = {acc[m0 + g][j][2 * half], acc[m0 + g][j][2 * half + 1]};
+            const int n = n0 + j * 8 + 2 * (lane & 3);
+            const bool to_sums = EPI == kBiasLeakyAndSums && n >= p.split;  // the sums alone, to the second array
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
               const float o = operand[g][half][j][e];
               if (EPI == kBias || EPI == kBiasLeaky) v[e] += o;
-              if constexpr (EPI == kBiasResidualLeaky) v[e] = v[e] + bias[j][e] + o;
+              if constexpr (kResidual) v[e] = v[e] + bias[j][e] + o;
               if (EPI == kBiasLeaky || EPI == kBiasResidualLeaky) v[e] = v[e] >= 0.f ? v[e] : kSlope * v[e];
               if (EPI == kLeakyGrad) v[e] = o >= 0.f ? v[e] : kSlope * v[e];
-              if (sizeof(T) == 4 && EPI != kNone && EPI != kBias) v[e] = to_tf32(v[e]);  // read by kernels
+              if (EPI == kBiasLeakyAndSums && !to_sums) {
+                v[e] += bias[j][e];
+                v[e] = v[e] >= 0.f ? v[e] : kSlope * v[e];
+              }
+              if (sizeof(T) == 4 && kFeature && !to_sums) v[e] = to_tf32(v[e]);  // read by kernels
               if (!inside) v[e] = 0.f;
             }
-            store_pair(out + row * p.cout + n0 + j * 8 + 2 * (lane & 3), v[0], v[1]);
+            if constexpr (EPI == kBiasLeakyAndSums) {
+              if (to_sums)
+                store_pair(sums + row * (p.cout - p.split) + n - p.split, v[0], v[1]);
+              else
+                store_pair(out + row * p.split + n, v[0], v[1]);
+            } else {
+              store_pair(out + row * p.cout + n0 + j * 8 + 2 * (lane & 3), v[0], v[1]);
+            }
             if (EPI == kBias && sizeof(T) == 4 && out_tf32 != nullptr)
               store_pair(out_tf32 + row * p.cout + n0 + j * 8 + 2 * (lane & 3), to_tf32(v[0]), to_tf32(v[1]));
           }
@@ -437,6 +486,12 @@ cudaError_t launch_epilogue(const Params& p, int epilogue, cudaStream_t stream) 
     case kBias: return launch<T, NT, kBias, TRANS, WIDE>(p, stream);
     case kBiasLeaky: return launch<T, NT, kBiasLeaky, TRANS, WIDE>(p, stream);
     case kBiasResidualLeaky: return launch<T, NT, kBiasResidualLeaky, TRANS, WIDE>(p, stream);
+    case kBiasResidual:  // forward only (the handler refuses transposed calls of these two)
+      if constexpr (TRANS) return cudaErrorInvalidValue;
+      else return launch<T, NT, kBiasResidual, false, WIDE>(p, stream);
+    case kBiasLeakyAndSums:
+      if constexpr (TRANS) return cudaErrorInvalidValue;
+      else return launch<T, NT, kBiasLeakyAndSums, false, WIDE>(p, stream);
     default: return launch<T, NT, kLeakyGrad, TRANS, WIDE>(p, stream);
   }
 }
@@ -469,17 +524,21 @@ void set_layout(Params& p, int64_t n, int64_t h, int64_t w, int64_t margin) {
   p.zero_tail = p.margin + (long long)p.lines * p.w2;
 }
 
+// The second result, where there is one: the output's TF32 copy (kBias, float32) or the sums (kBiasLeakyAndSums).
 ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Result<ffi::AnyBuffer> out,
-                         std::optional<ffi::Result<ffi::AnyBuffer>> out_tf32, int64_t n, int64_t h, int64_t w,
+                         std::optional<ffi::Result<ffi::AnyBuffer>> second, int64_t n, int64_t h, int64_t w,
                          int64_t margin, int64_t n_inputs, int64_t epilogue, ffi::Span<const int64_t> kernel_offsets,
                          int64_t bias_offset, bool transpose) {
   if (n_inputs < 1 || n_inputs > kMaxInputs) return ffi::Error::InvalidArgument("dense_conv: 1 to 8 inputs");
-  if (epilogue < kNone || epilogue > kBiasResidualLeaky)
+  if (epilogue < kNone || epilogue > kBiasLeakyAndSums)
     return ffi::Error::InvalidArgument("dense_conv: unknown epilogue");
+  if (transpose && (epilogue == kBiasResidual || epilogue == kBiasLeakyAndSums))
+    return ffi::Error::InvalidArgument("dense_conv: this epilogue goes with forward convolutions only");
   if ((int64_t)kernel_offsets.size() != n_inputs)
     return ffi::Error::InvalidArgument("dense_conv: one kernel offset an input");
-  const bool with_bias = epilogue == kBias || epilogue == kBiasLeaky || epilogue == kBiasResidualLeaky;
-  const int with_flat = epilogue == kLeakyGrad || epilogue == kBiasResidualLeaky ? 1 : 0;  // activation or residual
+  const bool with_bias = epilogue != kNone && epilogue != kLeakyGrad;
+  const bool with_sums = epilogue == kBiasLeakyAndSums;
+  const int with_flat = epilogue == kLeakyGrad || epilogue == kBiasResidualLeaky || epilogue == kBiasResidual;
   if ((int64_t)args.size() != n_inputs + 1 + with_flat)
     return ffi::Error::InvalidArgument("dense_conv: expected the inputs, the weight pack and the epilogue's operand");
   Params p{};
@@ -491,8 +550,27 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
   p.members = (int)members;
   p.out_step = member_step(*out, 2, members);
   p.rows = extent(*out, 2, 0);
-  p.cout = (int)extent(*out, 2, 1);
-  if (p.cout % 16 != 0) return ffi::Error::InvalidArgument("dense_conv: output channels must be a multiple of 16");
+  p.cout = p.split = (int)extent(*out, 2, 1);
+  if (second.has_value() && epilogue == kBias) {  // the output's TF32 copy: float32 only, the output's shape
+    const ffi::AnyBuffer::Dimensions a = (*second)->dimensions(), b = out->dimensions();
+    if (dtype != ffi::DataType::F32 || (*second)->element_type() != dtype ||
+        !std::equal(a.begin(), a.end(), b.begin(), b.end()))
+      return ffi::Error::InvalidArgument("dense_conv: a TF32 copy goes with float32 outputs of the bias epilogue");
+    p.out_tf32 = static_cast<char*>((*second)->untyped_data());
+  } else if (second.has_value() && with_sums) {  // outputs split, p.cout in all: the output's part, then the sums'
+    const ffi::AnyBuffer& sums = **second;
+    if (sums.element_type() != dtype || extent(sums, 2, 0) != p.rows || members_of(sums, 2) != members)
+      return ffi::Error::InvalidArgument("dense_conv: the sums must have the output's dtype, rows and members");
+    p.cout += (int)extent(sums, 2, 1);
+    p.sums = static_cast<char*>(sums.untyped_data());
+    p.sums_step = member_step(sums, 2, members);
+    if (p.sums_step < 0) return ffi::Error::InvalidArgument("dense_conv: sums batched over one leading axis at most");
+  } else if (second.has_value() || with_sums) {
+    return ffi::Error::InvalidArgument("dense_conv: a second result goes with the bias (float32) and the "
+                                       "bias_leaky_and_sums epilogues, and the latter needs it");
+  }
+  if (p.cout % 16 != 0 || p.split % 16 != 0)
+    return ffi::Error::InvalidArgument("dense_conv: output channels must be a multiple of 16");
   auto pack = args.get<ffi::AnyBuffer>(n_inputs);
   if (pack.has_error()) return pack.error();
   const char* weights = static_cast<const char*>(pack->untyped_data());
@@ -516,7 +594,7 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
     p.w_step[i] = pack_step;
   }
   if (with_bias) {
-    if (bias_offset < 0 || bias_offset % 2 != 0 || bias_offset + p.cout > pack_size)
+    if (bias_offset < 0 || bias_offset % 2 != 0 || bias_offset + p.split > pack_size)  // split: cout but with sums
       return ffi::Error::InvalidArgument("dense_conv: the bias offset is outside the pack or odd");
     p.extra = weights + bias_offset * elem;
     p.extra_step = pack_step;
@@ -541,13 +619,6 @@ ffi::Error DenseConvImpl(cudaStream_t stream, ffi::RemainingArgs args, ffi::Resu
     return ffi::Error::InvalidArgument("dense_conv: operands batched over one leading axis (vmap) at most");
   p.n_inputs = (int)n_inputs;
   p.out = static_cast<char*>(out->untyped_data());
-  if (out_tf32.has_value()) {  // the output's TF32 copy: kBias in float32 only, the output's shape
-    const ffi::AnyBuffer::Dimensions a = (*out_tf32)->dimensions(), b = out->dimensions();
-    if (epilogue != kBias || dtype != ffi::DataType::F32 || (*out_tf32)->element_type() != dtype ||
-        !std::equal(a.begin(), a.end(), b.begin(), b.end()))
-      return ffi::Error::InvalidArgument("dense_conv: a TF32 copy goes with float32 outputs of the bias epilogue");
-    p.out_tf32 = static_cast<char*>((*out_tf32)->untyped_data());
-  }
   set_layout(p, n, h, w, margin);
   const cudaError_t err = dtype == ffi::DataType::BF16
                               ? launch_conv<__nv_bfloat16>(p, (int)epilogue, transpose, stream)
@@ -972,7 +1043,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(IrrmDenseConv, DenseConvImpl,
                                   .Ctx<ffi::PlatformStream<cudaStream_t>>()
                                   .RemainingArgs()
                                   .Ret<ffi::AnyBuffer>()
-                                  .OptionalRet<ffi::AnyBuffer>()  // the output's TF32 copy (kBias, float32)
+                                  .OptionalRet<ffi::AnyBuffer>()  // the TF32 copy or the sums
                                   .Attr<int64_t>("n")
                                   .Attr<int64_t>("h")
                                   .Attr<int64_t>("w")

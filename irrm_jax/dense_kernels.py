@@ -16,6 +16,8 @@ Weights. A block call prepares its kernels and biases once (in the compute dtype
 the transposed ones alike: XLA writes it in one fusion, where separate arrays, transposed and flipped for each
 direction, took one small kernel each (about 450 a training step of IRN x4, 1.1 ms on an H100). Inference, whose
 weights do not change, packs them once (`dense_block_pack`, `irrm_jax.models.with_weight_packs`) and passes the pack.
+In inference with the CUDA kernels a DenseBlock's last two layers share one call's products over the inputs both
+read (`joint_layers`, `Ops.last_two_layers`): the last layer then reads only the one before's output and those sums.
 
 Channel counts must be powers of two of at least 16 (Triton's blocks and matrix units; the CUDA kernels take
 multiples of 16, `Ops.channels`): the input and the last layer's output are padded with zeros; the growth (IRN: 32)
@@ -43,7 +45,8 @@ from jax.sharding import PartitionSpec
 from irrm_jax.parallel import DATA_AXIS
 
 SLOPE = 0.2  # LeakyReLU's negative slope in IRN's DenseBlock
-BIAS_EPILOGUES = ("bias", "bias_leaky", "bias_residual_leaky")  # the epilogues that add a bias from the pack
+BIAS_EPILOGUES = ("bias", "bias_leaky", "bias_residual", "bias_residual_leaky")  # they add a bias from the pack
+RESIDUAL_EPILOGUES = ("bias_residual", "bias_residual_leaky")  # they add a flat array, the residual
 BLOCK_ROWS = 64  # rows (pixels) one kernel program computes
 NUM_WARPS = 2  # Triton: warps per program
 NUM_STAGES = 3  # Triton: software-pipelining depth of the loops over taps and blocks
@@ -171,7 +174,7 @@ def _conv_kernel(*refs, layout: FlatLayout, n_inputs: int, epilogue: str):
             acc = jax.lax.fori_loop(0, 9, add_tap, acc)
         if epilogue in BIAS_EPILOGUES:
             acc += extra[0][...].astype(acc_dtype)[None, :]
-        if epilogue == "bias_residual_leaky":
+        if epilogue in RESIDUAL_EPILOGUES:
             acc += extra[1][pl.ds(start, block), :].astype(acc_dtype)
         if epilogue in ("bias_leaky", "bias_residual_leaky"):
             acc = jax.nn.leaky_relu(acc, SLOPE)
@@ -186,10 +189,10 @@ def _conv_kernel(*refs, layout: FlatLayout, n_inputs: int, epilogue: str):
 
 
 def check_options(epilogue: str, residual: jax.Array | None, with_operand: bool) -> None:
-    """Raises ValueError unless a residual comes with the "bias_residual_leaky" epilogue (and only with it), and
+    """Raises ValueError unless a residual comes with the residual epilogues (and only with them), and
     ``with_operand`` with "bias"."""
-    if (residual is not None) != (epilogue == "bias_residual_leaky"):
-        raise ValueError(f"a residual goes with the 'bias_residual_leaky' epilogue only, got epilogue {epilogue!r}")
+    if (residual is not None) != (epilogue in RESIDUAL_EPILOGUES):
+        raise ValueError(f"a residual goes with the epilogues {RESIDUAL_EPILOGUES} only, got epilogue {epilogue!r}")
     if with_operand and epilogue != "bias":
         raise ValueError(f"with_operand goes with the 'bias' epilogue, got {epilogue!r}")
 
@@ -230,6 +233,9 @@ class WeightPack:
                 return offset, shape
         raise KeyError(f"no array {name!r} in the pack (it holds {[key for key, _, _ in self.slots]})")
 
+    def __contains__(self, name: str) -> bool:
+        return any(key == name for key, _, _ in self.slots)
+
     def __getitem__(self, name: str) -> jax.Array:
         """Array `name`, as a copy of its part of the buffer."""
         offset, shape = self.slot(name)
@@ -258,8 +264,9 @@ def conv(
         with ``transpose``, of kernels (9, cout, c_i) whose transposed convolution is computed (taps reversed, the
         channel axes swapped): a DenseBlock's input gradients from its forward kernels.
       epilogue: "bias" (+ the (cout,) bias named `extra` in ``pack``), "bias_leaky" (then LeakyReLU),
-        "bias_residual_leaky" (the bias, then + the flat array ``residual``, then LeakyReLU), "leaky_grad" (multiply
-        by LeakyReLU's slope where the flat array `extra`, the activation's output, is negative) or "none".
+        "bias_residual" (the bias, then + the flat array ``residual``), "bias_residual_leaky" (then LeakyReLU),
+        "leaky_grad" (multiply by LeakyReLU's slope where the flat array `extra`, the activation's output, is
+        negative) or "none".
 
     Raises:
       ValueError: for options that do not go with the epilogue (`check_options`).
@@ -378,7 +385,10 @@ class Ops(NamedTuple):
     forward convolutions read the kernels as K-major copies (9, cout, c) packed beside them (`pack_weights`).
     Pallas reads each kernel from a copy of its part of the pack; CUDA reads the pack. ``residual_unit``: IRRM's
     residual unit in one call, for inference (`irrm_jax.cuda_kernels.residual_unit`: it returns None where it does
-    not apply); None: two `conv` calls always."""
+    not apply); None: two `conv` calls always. ``last_two_layers``: in inference, a DenseBlock's last two layers with
+    their shared inputs' products in one call (`irrm_jax.cuda_kernels.last_two_layers`; None where the kernels do not
+    compute), where their outputs together are ``joint_width`` or fewer (`pack_weights` then packs their joint
+    kernels)."""
 
     conv: Callable
     weight_grads: Callable
@@ -386,23 +396,48 @@ class Ops(NamedTuple):
     channels: Callable = padded_channels
     kmajor_copies: bool = False
     residual_unit: Callable | None = None
+    last_two_layers: Callable | None = None
+    joint_width: int = 0
 
 
 PALLAS = Ops(conv, weight_grads)
 
 
-def pack_weights(ops: Ops, kernels: tuple, biases: tuple) -> WeightPack:
+def joint_kernel(k: int, i: int) -> str:
+    """The name in a weight pack of layers k and k + 1's K-major kernels of input i, side by side (`pack_weights`)."""
+    return f"w{k}+{k + 1}.{i}.t"
+
+
+def joint_layers(ops: Ops, kernels: tuple) -> int | None:
+    """k where a block's last two layers k and k + 1 have their shared inputs' products in one call
+    (`Ops.last_two_layers`): the last layer reads the inputs of the one before and its output (a DenseBlock's), and
+    their outputs together are ``ops.joint_width`` or fewer. None elsewhere."""
+    if len(kernels) < 2 or not ops.kmajor_copies or not ops.joint_width:
+        return None
+    before, last = kernels[-2:]
+    shared = [k.shape[1] for k in before] == [k.shape[1] for k in last[:-1]] and len(last) == len(before) + 1
+    return len(kernels) - 2 if shared and before[0].shape[2] + last[0].shape[2] <= ops.joint_width else None
+
+
+def pack_weights(ops: Ops, kernels: tuple, biases: tuple, joint_last: bool = False) -> WeightPack:
     """A block's kernels (one tuple of per-input kernels a layer) and biases as its convolutions read them: layer k's
     HWIO kernel for input i as ``w{k}.{i}`` (9, c_i, cout), for the forward convolutions and (transposed) the input
     gradients, its bias as ``b{k}``; where ``ops.kmajor_copies``, also the kernel's K-major copy
-    ``w{k}.{i}.t`` (9, cout, c_i) for the forward convolutions."""
+    ``w{k}.{i}.t`` (9, cout, c_i) for the forward convolutions. ``joint_last`` (inference): for the inputs that the
+    last two layers share, where they run together (`joint_layers`), their copies side by side instead,
+    `joint_kernel` (9, cout_k + cout_k+1, c_i). The training step's forward keeps a call a layer: the joint calls'
+    effect on it is not measured against its base yet (benchmarks/NOTES.md)."""
+    joint = joint_layers(ops, kernels) if joint_last else None
     arrays = {}
     for k, (layer_kernels, bias) in enumerate(zip(kernels, biases, strict=True)):
         for i, kernel in enumerate(layer_kernels):
             arrays[f"w{k}.{i}"] = ops.operand(kernel)
-            if ops.kmajor_copies:
+            if ops.kmajor_copies and (joint is None or k < joint or i > joint):
                 arrays[f"w{k}.{i}.t"] = jnp.swapaxes(arrays[f"w{k}.{i}"], 1, 2)
         arrays[f"b{k}"] = bias
+    for i in range(0 if joint is None else joint + 1):
+        copies = [jnp.swapaxes(arrays[f"w{k}.{i}"], 1, 2) for k in (joint, joint + 1)]
+        arrays[joint_kernel(joint, i)] = jnp.concatenate(copies, axis=1)
     return WeightPack.of(arrays)
 
 
@@ -416,8 +451,12 @@ def layer_grads(ops: Ops, layout: FlatLayout, pack: WeightPack, inputs: Sequence
 
 
 def _forward(layout, ops, x, pack, layers):
+    """The block's feature maps [x, x1, ..., its output], as the kernels take them (the last as it is); its last two
+    layers in one `Ops.last_two_layers` where the pack holds their joint kernels and ``ops`` computes them."""
     feats = [ops.operand(x)]
     for k in range(layers):
+        if joint_kernel(k, 0) in pack and (last_two := ops.last_two_layers(feats, pack, layout, k)) is not None:
+            return feats + last_two
         epilogue = "bias" if k == layers - 1 else "bias_leaky"
         feats.append(ops.conv(feats, pack, [f"w{k}.{i}" for i in range(k + 1)], layout, epilogue, f"b{k}"))
     return feats
@@ -429,7 +468,7 @@ def dense_block_flat(layout: FlatLayout, ops: Ops, x: jax.Array, kernels: tuple,
     (9, c, cout) per input) and adds biases[k]; layers before the last apply LeakyReLU(0.2). Forward and backward
     are computed by ``ops`` (`PALLAS` or `irrm_jax.cuda_kernels.CUDA`). The output's gradient must be zero outside
     the pixels, like every flat array (`dense_block`'s is)."""
-    return _forward(layout, ops, x, pack_weights(ops, kernels, biases), len(kernels))[-1]
+    return _forward(layout, ops, x, pack_weights(ops, kernels, biases, joint_last=True), len(kernels))[-1]
 
 
 def _dense_block_fwd(layout, ops, x, kernels, biases):
@@ -512,9 +551,9 @@ def checked_pack(pack: WeightPack, build: Callable, kernels: Sequence, biases: S
 
 def block_pack(flat_weights: Callable, kernels: Sequence, biases: Sequence, dtype, cuda: bool = False) -> WeightPack:
     """A kernel block's weight pack: its kernels and biases as ``flat_weights(kernels, biases, dtype, ops)`` lays
-    them out for its flat function, packed as the kernels read them (`pack_weights`)."""
+    them out for its flat function, packed as the kernels read them for inference (`pack_weights`)."""
     ops = kernel_ops(cuda)
-    return pack_weights(ops, *flat_weights(kernels, biases, dtype, ops))
+    return pack_weights(ops, *flat_weights(kernels, biases, dtype, ops), joint_last=True)
 
 
 def kernel_block(x, kernels, biases, dtype, cuda, pack, *, flat_weights, flat_block, packed_forward) -> jax.Array:

@@ -110,6 +110,7 @@ def operand(a: jax.Array, dtype) -> jax.Array:
     [
         ("bias", False),
         ("bias_leaky", False),
+        ("bias_residual", False),
         ("bias_residual_leaky", False),
         ("none", False),
         ("none", True),
@@ -135,7 +136,7 @@ def test_conv_matches_xla(shape, cout, epilogue, transpose, dtype, tolerance):
     with jax.default_matmul_precision("highest"):
         ref = conv3x3(jnp.concatenate(xs, -1), jnp.concatenate(hwio, 2), jnp.float32)
     ref = ref + bias if epilogue in dk.BIAS_EPILOGUES else ref
-    ref = ref + act if epilogue == "bias_residual_leaky" else ref  # the residual
+    ref = ref + act if epilogue in dk.RESIDUAL_EPILOGUES else ref  # the residual
     if epilogue in ("bias_leaky", "bias_residual_leaky"):
         ref = jax.nn.leaky_relu(ref, dk.SLOPE)
     if epilogue == "leaky_grad":
@@ -152,7 +153,7 @@ def test_conv_matches_xla(shape, cout, epilogue, transpose, dtype, tolerance):
         epilogue,
         extra,
         transpose,
-        flat_act if epilogue == "bias_residual_leaky" else None,
+        flat_act if epilogue in dk.RESIDUAL_EPILOGUES else None,
     )
     out = dk.from_flat(flat, layout, cout).astype(jnp.float32)
     assert float(jnp.linalg.norm(out - ref) / jnp.linalg.norm(ref)) < tolerance
@@ -183,6 +184,42 @@ def test_a_bias_convolution_writes_its_tf32_copy_beside_it(shape):
     outs, copies = jax.vmap(lambda x: conv(x, with_operand=True))(jnp.stack([x, 2 * x]))
     chex.assert_trees_all_equal(copies[1], cuda_kernels.round_to_tf32(conv(2 * x)))
     chex.assert_trees_all_equal(outs[0], out)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype, tolerance", [(jnp.float32, 1e-6), (jnp.bfloat16, 1e-2)])
+@pytest.mark.parametrize("growth, features", [(32, 16), (16, 16)])  # IRN's (45 -> 3 and 3 -> 9 at x4), small
+@pytest.mark.parametrize("shape", [(2, 8, 62), (2, 17, 130)])  # flat ranges, line tiles
+def test_the_last_two_dense_layers_in_two_calls_are_those_layers(shape, growth, features, dtype, tolerance):
+    """`last_two_layers` on a DenseBlock's layers 1 and 2: the feature map x2 is the one-layer call's, bit for bit,
+    and the block's output the last layer's call on x, x1 and x2, up to the order of its sums (float32) or their
+    rounding to bfloat16; both zero outside the pixels; vmapped, each member's."""
+    layout = dk.FlatLayout(*shape)
+    kernels, biases = dense_layers(16, growth, features)
+    kernels = jax.tree.map(lambda k: (0.1 * k).astype(dtype), kernels)
+    biases = jax.tree.map(lambda b: b.astype(dtype), biases)
+    joint = dk.pack_weights(cuda_kernels.CUDA, kernels, biases, joint_last=True)
+    separate = dk.pack_weights(cuda_kernels.CUDA, kernels, biases)
+    x = cuda_kernels.tf32_operand(dk.to_flat(normal(*shape, 16).astype(dtype), layout, 16))
+    feats = [x, cuda_kernels.conv([x], separate, ["w0.0"], layout, "bias_leaky", "b0")]
+
+    def layers(feats, joint):
+        return cuda_kernels.last_two_layers(feats, joint, layout, 1)
+
+    x2, out = layers(feats, joint)
+    want_x2 = cuda_kernels.conv(feats, separate, ["w1.0", "w1.1"], layout, "bias_leaky", "b1")
+    want = cuda_kernels.conv([*feats, want_x2], separate, ["w2.0", "w2.1", "w2.2"], layout, "bias", "b2")
+    chex.assert_trees_all_equal(x2, want_x2)
+    error = jnp.linalg.norm((out - want).astype(jnp.float32)) / jnp.linalg.norm(want.astype(jnp.float32))
+    assert 0 < float(error) < tolerance, "the sums in another order (float32) or rounded (bfloat16)"
+    keep = np.asarray(dk.interior(layout, jnp.arange(layout.rows)))
+    for a in (x2, out):
+        assert not np.any(np.asarray(a.astype(jnp.float32))[~keep]), "zero outside the pixels, margins included"
+    other = jax.tree.map(lambda a: -a, joint)  # a second member: the kernels and biases negated
+    stacked = jax.tree.map(lambda a, b: jnp.stack([a, b]), joint, other)
+    members = jax.vmap(layers, in_axes=(None, 0))(feats, stacked)
+    chex.assert_trees_all_equal([m[0] for m in members], [x2, out])
+    chex.assert_trees_all_equal([m[1] for m in members], layers(feats, other))
 
 
 @needs_gpu
@@ -224,6 +261,37 @@ def test_k_major_kernel_copies_packed_for_the_cuda_convolutions_only():
     for i, kernel in enumerate(kernels[0]):
         np.testing.assert_array_equal(pack[f"w0.{i}.t"], jnp.swapaxes(cuda_kernels.tf32_operand(kernel), 1, 2))
     assert [name for name, _, _ in dk.pack_weights(dk.PALLAS, kernels, biases).slots] == ["w0.0", "w0.1", "b0"]
+
+
+def dense_layers(c_in: int, growth: int, features: int, layers: int = 3) -> tuple[tuple, tuple]:
+    """A DenseBlock's flat kernels (layer k: one (9, c, cout) a read input) and biases."""
+    couts = [growth] * (layers - 1) + [features]
+    kernels = tuple(tuple(normal(9, c, cout) for c in [c_in] + [growth] * k) for k, cout in enumerate(couts))
+    return kernels, tuple(normal(cout) for cout in couts)
+
+
+@pytest.mark.parametrize("growth, features, joint", [(32, 16, True), (16, 32, True), (32, 32, False), (32, 48, False)])
+def test_the_last_two_dense_layers_kernels_are_packed_side_by_side_where_they_run_together(growth, features, joint):
+    """For inference (``joint_last``), where a DenseBlock's last two layers' outputs fit one product (48 or fewer),
+    the pack holds, for each input both read, their K-major copies side by side (one kernel of growth + features
+    outputs) instead of one copy each; the HWIO kernels are all there either way. The training step's pack keeps a
+    copy a kernel."""
+    kernels, biases = dense_layers(16, growth, features)
+    pack = dk.pack_weights(cuda_kernels.CUDA, kernels, biases, joint_last=True)
+    names = [name for name, _, _ in pack.slots]
+    hwio = [f"w{k}.{i}" for k in range(3) for i in range(k + 1)]
+    assert set(hwio) <= set(names) and dk.joint_layers(cuda_kernels.CUDA, kernels) == (1 if joint else None)
+    training = [name for name, _, _ in dk.pack_weights(cuda_kernels.CUDA, kernels, biases).slots]
+    assert set(training) == set(hwio) | {f"{name}.t" for name in hwio} | {"b0", "b1", "b2"}
+    if not joint:
+        assert names == training
+        return
+    assert [name for name in names if name.endswith(".t")] == ["w0.0.t", "w2.2.t", "w1+2.0.t", "w1+2.1.t"]
+    for i in range(2):
+        want = jnp.concatenate([jnp.swapaxes(cuda_kernels.tf32_operand(kernels[k][i]), 1, 2) for k in (1, 2)], 1)
+        np.testing.assert_array_equal(pack[dk.joint_kernel(1, i)], want)
+    single_input = tuple((k[0],) for k in kernels[:2]), biases[:2]  # layers of one input each (IRRM's): none
+    assert not any("+" in name for name, _, _ in dk.pack_weights(cuda_kernels.CUDA, *single_input, True).slots)
 
 
 def test_one_kernel_gradient_call_for_the_layers_of_each_width_within_its_limits():

@@ -52,7 +52,7 @@ def test_weight_pack_holds_its_arrays_one_after_another():
     assert len(leaves) == 1 and jax.tree.unflatten(treedef, leaves).slots == pack.slots, "a pytree of one array"
 
 
-@pytest.mark.parametrize("epilogue", ["bias", "bias_leaky", "bias_residual_leaky", "none"])
+@pytest.mark.parametrize("epilogue", ["bias", "bias_leaky", "bias_residual", "bias_residual_leaky", "none"])
 def test_conv_of_two_inputs_matches_xla(epilogue):
     """conv(inputs, kernels) is the convolution of the concatenated inputs, then bias (a residual) and LeakyReLU."""
     layout = dk.FlatLayout(2, 6, 5, block=16)
@@ -61,7 +61,7 @@ def test_conv_of_two_inputs_matches_xla(epilogue):
     ref = conv3x3(jnp.concatenate([a, b], -1), jnp.concatenate([ka, kb], 2), jnp.float32)
     if epilogue != "none":
         ref = ref + bias
-    if epilogue == "bias_residual_leaky":
+    if epilogue in dk.RESIDUAL_EPILOGUES:
         ref = ref + residual
     if epilogue in ("bias_leaky", "bias_residual_leaky"):
         ref = jax.nn.leaky_relu(ref, dk.SLOPE)
@@ -73,7 +73,7 @@ def test_conv_of_two_inputs_matches_xla(epilogue):
         layout,
         epilogue,
         None if epilogue == "none" else "bias",
-        residual=dk.to_flat(residual, layout, 16) if epilogue == "bias_residual_leaky" else None,
+        residual=dk.to_flat(residual, layout, 16) if epilogue in dk.RESIDUAL_EPILOGUES else None,
     )
     chex.assert_trees_all_close(dk.from_flat(flat, layout, 16), ref, atol=1e-4, rtol=1e-5)
     keep = np.asarray(dk.interior(layout, jnp.arange(layout.rows)))
@@ -84,10 +84,11 @@ def test_a_residual_and_with_operand_go_with_their_epilogues_only():
     layout = dk.FlatLayout(1, 4, 4, block=16)
     x = dk.to_flat(normal(1, 4, 4, 16), layout, 16)
     pack = dk.WeightPack.of({"k": normal(9, 16, 16), "bias": normal(16)})
-    with pytest.raises(ValueError, match="a residual goes with the 'bias_residual_leaky' epilogue only"):
+    with pytest.raises(ValueError, match="a residual goes with the epilogues .'bias_residual', 'bias_residual_leaky'"):
         dk.conv([x], pack, ["k"], layout, "bias_leaky", "bias", residual=x)
-    with pytest.raises(ValueError, match="got epilogue 'bias_residual_leaky'"):
-        dk.conv([x], pack, ["k"], layout, "bias_residual_leaky", "bias")
+    for epilogue in dk.RESIDUAL_EPILOGUES:
+        with pytest.raises(ValueError, match=f"got epilogue '{epilogue}'"):
+            dk.conv([x], pack, ["k"], layout, epilogue, "bias")
     with pytest.raises(ValueError, match="with_operand goes with the 'bias' epilogue"):
         dk.conv([x], pack, ["k"], layout, "bias_leaky", "bias", with_operand=True)
     out, operand = dk.conv([x], pack, ["k"], layout, "bias", "bias", with_operand=True)
