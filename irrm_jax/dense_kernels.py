@@ -466,8 +466,9 @@ def _forward(layout, ops, x, pack, layers):
 def dense_block_flat(layout: FlatLayout, ops: Ops, x: jax.Array, kernels: tuple, biases: tuple) -> jax.Array:
     """The DenseBlock on a flat input: layer k (0-based) convolves [x, x1, ..., xk] with kernels[k] (one
     (9, c, cout) per input) and adds biases[k]; layers before the last apply LeakyReLU(0.2). Forward and backward
-    are computed by ``ops`` (`PALLAS` or `irrm_jax.cuda_kernels.CUDA`). The output's gradient must be zero outside
-    the pixels, like every flat array (`dense_block`'s is)."""
+    are computed by ``ops`` (`PALLAS` or `irrm_jax.cuda_kernels.CUDA`); without gradients (inference) its last two
+    layers may share a call (`joint_layers`). The output's gradient must be zero outside the pixels, like every flat
+    array (`dense_block`'s is)."""
     return _forward(layout, ops, x, pack_weights(ops, kernels, biases, joint_last=True), len(kernels))[-1]
 
 
