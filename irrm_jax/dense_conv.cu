@@ -403,7 +403,7 @@ __global__ void __launch_bounds__(128 * kWarpgroups, 1)
                 store_pair(sums + row * (p.cout - p.split) + n - p.split, v[0], v[1]);
               else
                 store_pair(out + row * p.split + n, v[0], v[1]);
-            } else {
+            } else {  // (not `n`: written with it, ptxas compiles 67 of these kernels differently, not re-timed)
               store_pair(out + row * p.cout + n0 + j * 8 + 2 * (lane & 3), v[0], v[1]);
             }
             if (EPI == kBias && sizeof(T) == 4 && out_tf32 != nullptr)
